@@ -1,0 +1,22 @@
+"""Schedules, their search spaces and probes. Pure Python + torch: no Ray, no FastAPI."""
+
+from search_spaces.attach import ScheduleDriver, apply_to_optimizer, attach
+from search_spaces.errors import SpecError
+from search_spaces.families import FAMILIES
+from search_spaces.plan import Plan, build_plan
+from search_spaces.space import sample as sample_schedule
+from search_spaces.space import validate as validate_schedule
+from search_spaces.trace import trace
+
+__all__ = [
+    "FAMILIES",
+    "Plan",
+    "ScheduleDriver",
+    "SpecError",
+    "apply_to_optimizer",
+    "attach",
+    "build_plan",
+    "sample_schedule",
+    "trace",
+    "validate_schedule",
+]

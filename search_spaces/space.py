@@ -1,0 +1,103 @@
+"""The study spec's ``schedule``: a single family, ``phases``, or ``{"choices": [...]}`` across schedules.
+
+``validate`` refuses a bad space with a ``SpecError`` naming the field (relative to ``schedule``); ``sample`` draws a
+concrete schedule from an Optuna trial, define-by-run, so a family's parameters exist only in trials that chose it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from search_spaces import params, segment
+from search_spaces.errors import SpecError
+
+PHASES = "phases"
+
+
+def validate(space: Any, epochs: int) -> None:
+    if isinstance(space, Mapping) and "choices" in space:
+        if set(space) != {"choices"}:
+            raise SpecError((sorted(set(space) - {"choices"})[0],), "a schedule choice takes only 'choices'")
+        options = space["choices"]
+        if not isinstance(options, list) or not options:
+            raise SpecError(("choices",), "must be a non-empty list of schedules")
+        for i, option in enumerate(options):
+            if isinstance(option, Mapping) and "choices" in option:
+                raise SpecError(("choices", i), "schedule choices cannot nest")
+            try:
+                validate(option, epochs)
+            except SpecError as err:
+                raise err.under("choices", i) from None
+        return
+    if isinstance(space, Mapping) and space.get("family") == PHASES:
+        _validate_phases(space, epochs)
+        return
+    segment.validate(space, (), epochs, default_family=None)
+
+
+def _validate_phases(space: Mapping[str, Any], epochs: int) -> None:
+    extra = set(space) - {"family", "phases", "transition_epochs"}
+    if extra:
+        raise SpecError((sorted(extra)[0],), "unknown field; 'phases' takes 'phases' and 'transition_epochs'")
+    phases = space.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise SpecError(("phases",), "must be a non-empty list of phases")
+    for i, phase in enumerate(phases):
+        segment.validate(phase, ("phases", i), epochs, default_family="constant")
+    transitions = space.get("transition_epochs", [])
+    if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
+        raise SpecError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
+    previous: params.Param | None = None
+    for i, raw in enumerate(transitions):
+        loc = ("transition_epochs", i)
+        parsed = params.parse(raw, loc)
+        if isinstance(parsed, params.Choices):
+            raise SpecError(loc, "a transition epoch is a number or a range, not choices")
+        low, high = _bounds(parsed, loc)
+        if low < 1 or high > epochs - 1:
+            raise SpecError(loc, f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got [{low}, {high}]")
+        if previous is not None:
+            prev_low, prev_high = _bounds(previous, loc)
+            if low <= prev_low or high <= prev_high:
+                raise SpecError(loc, "transition epochs must be strictly increasing")
+        previous = parsed
+
+
+def _bounds(parsed: params.Param, loc: tuple) -> tuple[float, float]:
+    if isinstance(parsed, params.Range):
+        return parsed.low, parsed.high
+    value = parsed.value  # type: ignore[union-attr]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(loc, f"must be a number of epochs, got {value!r}")
+    return value, value
+
+
+def choice_labels(options: list[Mapping[str, Any]]) -> list[str]:
+    """Stable, readable labels for schedule choices: the family name, numbered when a family repeats."""
+    names = [str(option.get("family")) for option in options]
+    return [name if names.count(name) == 1 else f"{name}{i}" for i, name in enumerate(names)]
+
+
+def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
+           units: Mapping[str, float] | None = None, prefix: str = "") -> dict[str, Any]:
+    """A concrete schedule (numbers only) drawn from ``space``; Optuna param names are prefixed by the path."""
+    if "choices" in space:
+        labels = choice_labels(space["choices"])
+        label = trial.suggest_categorical(f"{prefix}schedule", labels)
+        return sample(trial, space["choices"][labels.index(label)], epochs, units, prefix=f"{label}.")
+    if space.get("family") != PHASES:
+        return segment.sample(trial, space, prefix, default_family=None, units=units)
+    phases = [
+        segment.sample(trial, phase, f"{prefix}phase{i}.", default_family="constant", units=units)
+        for i, phase in enumerate(space["phases"])
+    ]
+    transitions: list[float] = []
+    for i, raw in enumerate(space.get("transition_epochs", [])):
+        parsed = params.parse(raw)
+        if isinstance(parsed, params.Range) and transitions:
+            # Keep boundaries strictly increasing: the next one starts after the previous draw.
+            gap = 1 if parsed.is_int else 1e-3
+            parsed = params.Range(max(parsed.low, transitions[-1] + gap), parsed.high, parsed.log, parsed.step)
+        transitions.append(params.suggest(trial, f"{prefix}transition_epoch{i}", parsed, units))
+    return {"family": PHASES, "phases": phases, "transition_epochs": transitions}

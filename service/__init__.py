@@ -1,0 +1,1 @@
+"""The phasetune service: FastAPI app, persistence of submissions, CLI."""

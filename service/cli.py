@@ -1,0 +1,205 @@
+"""The ``phasetune`` command: run the service, and talk to it over REST (the CLI never touches the storage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("completed", "failed", "stopped")
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    from service.settings import get_settings
+
+    return httpx.Client(base_url=args.api or get_settings().api_url, timeout=60)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    with _client(args) as client:
+        try:
+            response = client.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            sys.exit(f"phasetune: cannot reach the API at {client.base_url} ({err}); is `phasetune serve` running?")
+    if response.status_code >= 400:
+        detail = response.json().get("detail", response.text)
+        if isinstance(detail, list):  # validation errors: name each field
+            detail = "; ".join(f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in detail)
+        sys.exit(f"phasetune: {response.status_code} {detail}")
+    return response.json()
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2))  # noqa: T201
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service import ray_cluster
+    from service.db import migrate
+    from service.main import create_app
+    from service.settings import DATA_DIR, get_settings
+
+    settings = get_settings()
+    DATA_DIR.mkdir(exist_ok=True)
+    migrate(settings.storage_url)
+    address = ray_cluster.connect(settings)
+    print(f"phasetune: Ray at {address}; storage {settings.storage_url}", flush=True)  # noqa: T201
+    dashboard = None
+    if settings.start_dashboard:
+        log = open(DATA_DIR / "dashboard.log", "ab")  # noqa: SIM115 (lives as long as the dashboard)
+        dashboard = subprocess.Popen(
+            [str(Path(sys.executable).with_name("optuna-dashboard")), settings.storage_url,
+             "--host", settings.dashboard_host, "--port", str(settings.dashboard_port)],
+            stdout=log, stderr=subprocess.STDOUT)
+        print(f"phasetune: Optuna dashboard at {settings.dashboard_address}", flush=True)  # noqa: T201
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if dashboard is not None:
+            dashboard.terminate()
+            dashboard.wait(timeout=10)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from service.db import migrate
+    from service.settings import get_settings
+
+    migrate(get_settings().storage_url)
+    print("phasetune: schema ready")  # noqa: T201
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    spec = json.loads(Path(args.spec).read_text())
+    study = _call(args, "POST", "/studies", json=spec)
+    print(f"phasetune: submitted study {study['id']} ({study['name']})", flush=True)  # noqa: T201
+    if args.watch:
+        args.id = study["id"]
+        cmd_watch(args)
+    else:
+        _print({"id": study["id"], "name": study["name"], "status": study["status"]})
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    study = _call(args, "GET", f"/studies/{args.id}")
+    study.pop("spec", None)
+    _print(study)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for study in _call(args, "GET", "/studies"):
+        print(f"{study['id']:>4}  {study['status']:<9}  {study['n_trials']:>4} trials  {study['name']}")  # noqa: T201
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    study = _call(args, "GET", f"/studies/{args.id}")
+    total = study["spec"]["n_trials"]
+    with tqdm(total=total, desc=study["name"], unit="trial") as bar:
+        while True:
+            counts = study["trial_counts"]
+            finished = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+            bar.update(min(finished, total) - bar.n)
+            bar.set_postfix(status=study["status"], running=counts.get("RUNNING", 0))
+            if study["status"] in TERMINAL:
+                break
+            time.sleep(args.interval)
+            study = _call(args, "GET", f"/studies/{args.id}")
+    print(f"phasetune: study {study['id']} {study['status']}: {study['trial_counts']}")  # noqa: T201
+    if study.get("error"):
+        print(study["error"], file=sys.stderr)  # noqa: T201
+    if study["status"] == "completed" and study["best_trial"]:
+        _print_best(study)
+
+
+def _print_best(study: dict[str, Any]) -> None:
+    best = study["best_trial"]
+    objective = study["spec"]["objective"]
+    print(f"best trial #{best['number']}: {objective['metric']} = {best['value']:.4f}")  # noqa: T201
+    _print(best["schedule"])
+    if study.get("dashboard_url"):
+        print(f"dashboard: {study['dashboard_url']}")  # noqa: T201
+
+
+def cmd_best(args: argparse.Namespace) -> None:
+    study = _call(args, "GET", f"/studies/{args.id}")
+    if not study["best_trial"]:
+        sys.exit(f"phasetune: study {args.id} has no complete trial yet ({study['status']})")
+    if args.json:
+        _print(study["best_trial"]["schedule"])
+    else:
+        _print_best(study)
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    study = _call(args, "POST", f"/studies/{args.id}/stop")
+    print(f"phasetune: study {study['id']} {study['status']}")  # noqa: T201
+
+
+def cmd_schedule_plot(args: argparse.Namespace) -> None:
+    from search_spaces import SpecError
+    from search_spaces.plot import plot_schedule
+
+    schedule = json.loads(Path(args.schedule).read_text())
+    try:
+        plot_schedule(schedule, args.epochs, args.steps_per_epoch, path=args.output)
+    except SpecError as err:
+        sys.exit(f"phasetune: invalid schedule: {err}")
+    print(f"phasetune: wrote {args.output}")  # noqa: T201
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phasetune", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (and a local Ray head and the Optuna dashboard)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+    commands.add_parser("migrate", help="create the database schema").set_defaults(func=cmd_migrate)
+
+    def client_command(name: str, func: Any, help: str, with_id: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        if with_id:
+            sub.add_argument("id", type=int)
+        sub.add_argument("--api", default=None, help="API base URL (default: $PHASETUNE_API_URL)")
+        sub.set_defaults(func=func)
+        return sub
+
+    submit = client_command("submit", cmd_submit, "submit a study spec (JSON file)", with_id=False)
+    submit.add_argument("spec")
+    submit.add_argument("--watch", action="store_true", help="show progress until the study ends")
+    submit.add_argument("--interval", type=float, default=2.0)
+    client_command("status", cmd_status, "a study's status, trial counts and best trial")
+    client_command("list", cmd_list, "all studies", with_id=False)
+    client_command("watch", cmd_watch, "a progress bar of finished trials").add_argument(
+        "--interval", type=float, default=2.0)
+    client_command("best", cmd_best, "the best trial and its schedule").add_argument(
+        "--json", action="store_true", help="print only the schedule JSON (usable with search_spaces.attach)")
+    client_command("stop", cmd_stop, "stop a study's trials")
+
+    schedule = commands.add_parser("schedule", help="schedule tools").add_subparsers(dest="tool", required=True)
+    plot = schedule.add_parser("plot", help="draw lr and momentum against epochs")
+    plot.add_argument("schedule", help="a concrete schedule JSON file")
+    plot.add_argument("--epochs", type=int, required=True)
+    plot.add_argument("--steps-per-epoch", type=int, required=True)
+    plot.add_argument("-o", "--output", required=True)
+    plot.set_defaults(func=cmd_schedule_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

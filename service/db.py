@@ -1,0 +1,37 @@
+"""phasetune's own table (submissions) beside Optuna's, in the same database. Trials are read through Optuna."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from workers.storage import engine_kwargs, open_storage
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Submission(Base):
+    """A submitted study: its spec as sent, kept so nothing a user sent is lost, whatever happens to the run."""
+
+    __tablename__ = "phasetune_submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), unique=True, index=True)
+    spec: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+
+
+def make_engine(url: str) -> Engine:
+    return create_engine(url, **engine_kwargs(url))
+
+
+def migrate(url: str) -> None:
+    """Create Optuna's schema and ours (idempotent): what `phasetune migrate` and the app's startup run."""
+    open_storage(url).engine.dispose()
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()

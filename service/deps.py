@@ -1,0 +1,28 @@
+"""Dependencies as ``Annotated`` aliases, so handler signatures read as what they use."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import optuna
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from service.settings import Settings
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _storage(request: Request) -> optuna.storages.BaseStorage:
+    return request.app.state.storage
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
+SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -1,0 +1,56 @@
+"""The FastAPI app, built by a factory: nothing (settings, engine, Ray) exists at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from search_spaces import SpecError
+from service import studies
+from service.db import make_engine, migrate
+from service.routes import health
+from service.routes import studies as studies_routes
+from service.settings import Settings, get_settings
+from workers.storage import open_storage
+
+
+def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate(settings.storage_url)
+        app.state.settings = settings
+        app.state.engine = make_engine(settings.storage_url)
+        app.state.storage = open_storage(settings.storage_url)
+        if reconcile:
+            studies.reconcile(engine=app.state.engine, storage=app.state.storage, settings=settings)
+        yield
+        app.state.engine.dispose()
+        app.state.storage.engine.dispose()
+
+    app = FastAPI(title="phasetune", version="0.1.0", lifespan=lifespan,
+                  description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
+    app.include_router(health.router)
+    app.include_router(studies_routes.router)
+
+    @app.exception_handler(SpecError)
+    async def spec_error(_: Request, err: SpecError) -> JSONResponse:
+        # The same shape as FastAPI's own validation errors, so clients parse one format.
+        detail = [{"loc": ["body", *err.loc], "msg": err.msg, "type": "value_error"}]
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+    @app.exception_handler(studies.StudyExists)
+    async def exists(_: Request, err: studies.StudyExists) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_409_CONFLICT,
+                            content={"detail": f"a study named {err.args[0]!r} exists"})
+
+    @app.exception_handler(studies.StudyNotFound)
+    async def not_found(_: Request, err: studies.StudyNotFound) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_404_NOT_FOUND,
+                            content={"detail": f"no study with id {err.args[0]}"})
+
+    return app

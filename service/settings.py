@@ -1,0 +1,36 @@
+"""Settings from the environment (``PHASETUNE_*``), read through a cached dependency, never at import time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(".phasetune")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PHASETUNE_")
+
+    # SQLAlchemy URL of the Optuna storage; phasetune's own table lives in the same database.
+    storage_url: str = f"sqlite:///{(DATA_DIR / 'phasetune.db').resolve()}"
+    # "host:port" of a Ray cluster's GCS; empty: `serve` starts (or reuses) a local head on ray_port.
+    ray_address: str = ""
+    ray_port: int = 6390  # not 6379: Redis often holds Ray's default port
+    ray_num_cpus: int | None = None
+    results_dir: str = str((DATA_DIR / "ray_results").resolve())
+    start_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8080
+    dashboard_url: str = ""  # the address shown to users; derived from host and port when empty
+    api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the API
+
+    @property
+    def dashboard_address(self) -> str:
+        return self.dashboard_url or f"http://{self.dashboard_host}:{self.dashboard_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

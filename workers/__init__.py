@@ -1,0 +1,1 @@
+"""Training loop, built-in workloads and the Ray Tune runner."""

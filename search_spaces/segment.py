@@ -101,7 +101,7 @@ def validate(spec: Any, loc: tuple, epochs: int, default_family: str | None) -> 
                 corner[key] = field.default
             continue
         _add_corners(corners, key, field, spec[key], loc)
-    if EFFECTIVE_LR in spec:
+    if EFFECTIVE_LR in spec and "lr" not in spec:
         _add_corners(corners, EFFECTIVE_LR, EFFECTIVE_LR_FIELD, spec[EFFECTIVE_LR], loc)
         # The smallest lr pairs the smallest effective step with the largest momentum, and vice versa.
         momentum = [corner["momentum"] for corner in corners]
@@ -122,6 +122,8 @@ def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any
     parsed = _parse_field(field, raw, (*loc, key))
     for item_loc, item in _items(parsed, (*loc, key)):
         for value in params.candidates(item):
+            if value is None and field.default is None and not field.required:
+                continue  # an optional field left unset (e.g. cyclic's step_size_down)
             check_value(_element_field(field, parsed), value, item_loc)
     for i, corner in enumerate(corners):
         corner[key] = _edges(parsed, i)
@@ -132,10 +134,19 @@ def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: 
         return
     if "lr" not in family.fields:
         raise SpecError((*loc, EFFECTIVE_LR), f"family {family.name!r} has no 'lr' to reparameterise")
-    if "lr" in spec:
-        raise SpecError((*loc, EFFECTIVE_LR), "give either 'lr' or 'effective_lr', not both")
     if spec.get("momentum") is None:
         raise SpecError((*loc, "momentum"), "is required with 'effective_lr' (lr = effective_lr * (1 - momentum))")
+    if "lr" in spec and not _recorded_pair(spec):
+        raise SpecError((*loc, EFFECTIVE_LR), "give either 'lr' or 'effective_lr', not both")
+
+
+def _recorded_pair(spec: Mapping[str, Any]) -> bool:
+    """A concrete schedule records both ``lr`` and ``effective_lr``: fine when they agree."""
+    values = [spec.get(k) for k in ("lr", EFFECTIVE_LR, "momentum")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return False
+    lr, effective, momentum = values
+    return abs(lr - effective * (1 - momentum)) <= 1e-9 * abs(lr)
 
 
 def _validate_warmup(raw: Any, corners: list[dict[str, Any]], loc: tuple) -> None:

@@ -78,6 +78,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.spec).read_text())
+    if args.name:
+        spec["name"] = args.name
     study = _call(args, "POST", "/studies", json=spec)
     print(f"phasetune: submitted study {study['id']} ({study['name']})", flush=True)  # noqa: T201
     if args.watch:
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = client_command("submit", cmd_submit, "submit a study spec (JSON file)", with_id=False)
     submit.add_argument("spec")
+    submit.add_argument("--name", help="override the spec's study name (names are unique)")
     submit.add_argument("--watch", action="store_true", help="show progress until the study ends")
     submit.add_argument("--interval", type=float, default=2.0)
     client_command("status", cmd_status, "a study's status, trial counts and best trial")

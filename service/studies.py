@@ -152,7 +152,7 @@ def stop(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Sett
     if status in ("queued", "running"):
         study.set_user_attr(study_attrs.STOP_REQUESTED, True)
         ray_cluster.connect(settings)
-        if not runner.request_stop(submission.name):
+        if not runner.request_stop(settings.storage_url, submission.name):
             # No driver alive: nothing runs, so the study is stopped now (leftover RUNNING trials are swept).
             runner.sweep_stale_trials(study)
             study.set_user_attr(study_attrs.STATUS, "stopped")
@@ -160,7 +160,7 @@ def stop(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Sett
 
 
 def reconcile(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Settings) -> None:
-    """On API start: relaunch drivers of unfinished studies (a no-op where alive), reap drivers of finished ones."""
+    """On API start: relaunch the drivers of unfinished studies (a no-op where one is alive)."""
     with Session(engine) as session:
         names = session.scalars(select(Submission.name)).all()
     if not names:
@@ -170,5 +170,3 @@ def reconcile(*, engine: Engine, storage: optuna.storages.BaseStorage, settings:
         study = optuna.load_study(study_name=name, storage=storage)
         if study.user_attrs.get(study_attrs.STATUS, "queued") in ("queued", "running"):
             runner.launch(settings.storage_url, name, settings.results_dir)
-        else:
-            runner.reap(name)

@@ -8,7 +8,7 @@ cover ask/tell trials, so we sweep them ourselves).
 
 from __future__ import annotations
 
-import logging
+import hashlib
 import os
 import threading
 import traceback
@@ -25,7 +25,6 @@ from workers.searcher import OptunaStudySearcher
 from workers.trainable import run_trial
 
 NAMESPACE = "phasetune"
-log = logging.getLogger(__name__)
 
 
 def make_sampler(sampler: dict[str, Any]) -> optuna.samplers.BaseSampler:
@@ -87,6 +86,7 @@ def run_study(handle: StudyHandle, results_dir: str) -> str:
                 ),
             )
             tuner.fit()
+            searcher.close_open_trials()
         sweep_stale_trials(study)  # nothing of this study may stay RUNNING once its driver is done
         status = "stopped" if handle.stop_requested.is_set() else "completed"
     except Exception:
@@ -105,49 +105,44 @@ class StudyDriver:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         self._handle = StudyHandle(storage_url, study_name)
-        self._status = "running"
         self._thread = threading.Thread(target=self._run, args=(results_dir,), daemon=True)
         self._thread.start()
 
     def _run(self, results_dir: str) -> None:
-        # The actor stays to answer ``status``; the API reaps finished drivers.
-        self._status = run_study(self._handle, results_dir)
-
-    def status(self) -> str:
-        return self._status if not self._thread.is_alive() else "running"
+        run_study(self._handle, results_dir)
+        # Done: free the name and the process. The outcome is in the storage; no restart for a finished run.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def stop(self) -> None:
         self._handle.stop_requested.set()
 
 
-def driver_name(study_name: str) -> str:
-    return f"study:{study_name}"
+def driver_name(storage_url: str, study_name: str) -> str:
+    """One driver per study *in one storage*: two storages may hold studies of the same name on one cluster."""
+    storage_key = hashlib.sha1(storage_url.encode()).hexdigest()[:12]
+    return f"study:{storage_key}:{study_name}"
 
 
 def launch(storage_url: str, study_name: str, results_dir: str) -> None:
     """Start the study's driver unless one is alive (idempotent: safe to call on every API start)."""
-    StudyDriver.options(name=driver_name(study_name), namespace=NAMESPACE, lifetime="detached",
+    StudyDriver.options(name=driver_name(storage_url, study_name), namespace=NAMESPACE, lifetime="detached",
                         get_if_exists=True).remote(storage_url, study_name, results_dir)
 
 
-def find_driver(study_name: str) -> Any | None:
+def find_driver(storage_url: str, study_name: str) -> Any | None:
     try:
-        return ray.get_actor(driver_name(study_name), namespace=NAMESPACE)
+        return ray.get_actor(driver_name(storage_url, study_name), namespace=NAMESPACE)
     except ValueError:
         return None
 
 
-def request_stop(study_name: str) -> bool:
+def request_stop(storage_url: str, study_name: str) -> bool:
     """Ask a live driver to stop; returns False if none is alive."""
-    driver = find_driver(study_name)
+    driver = find_driver(storage_url, study_name)
     if driver is None:
         return False
-    ray.get(driver.stop.remote(), timeout=30)
+    try:
+        ray.get(driver.stop.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return False  # it finished (and exited) meanwhile
     return True
-
-
-def reap(study_name: str) -> None:
-    """Remove a finished driver so its name (and resources) are freed."""
-    driver = find_driver(study_name)
-    if driver is not None:
-        ray.kill(driver, no_restart=True)

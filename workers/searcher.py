@@ -40,6 +40,14 @@ class OptunaStudySearcher(Searcher):
     def _spec(self) -> study_attrs.StudySpec:
         return self._handle.spec
 
+    def close_open_trials(self) -> None:
+        """End the trials Tune never completed (a stop ends the experiment without completing them)."""
+        state = TrialState.PRUNED if self._handle.stop_requested.is_set() else TrialState.FAIL
+        for trial_id in list(self._trials):
+            trial = self._trials.pop(trial_id)
+            self._history.pop(trial_id, None)
+            self._study.tell(trial, state=state)
+
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds the searcher's whole state."""
 

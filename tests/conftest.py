@@ -1,0 +1,180 @@
+"""Shared fixtures: one real Ray head per session, real storages (SQLite and PostgreSQL), a real API server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+PG_ADMIN_URL = os.environ.get("PHASETUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process started in its own session, with everything it spawned."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory) -> Iterator[str]:
+    """One Ray head for the whole session, on a free port (Redis holds Ray's default 6379)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+
+    def up() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(up, 90, "the Ray head")
+    yield address
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    stop_group(head)
+
+
+@pytest.fixture(scope="session")
+def ray_client(ray_address: str) -> str:
+    """This test process connected to the session's Ray head."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, namespace="phasetune", log_to_driver=False)
+    return ray_address
+
+
+def _postgres_database() -> Iterator[str]:
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    try:
+        admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            name = f"phasetune_test_{uuid.uuid4().hex[:10]}"
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {err}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty storage per test, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'phasetune.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_storage_url(request, tmp_path_factory) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'phasetune.db'}"
+    else:
+        yield from _postgres_database()
+
+
+class Server:
+    """`phasetune serve` as a real process on a free port; restartable, and stopped by PID at the end."""
+
+    def __init__(self, storage_url: str, ray_address: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.env = {
+            **os.environ,
+            "PHASETUNE_STORAGE_URL": storage_url,
+            "PHASETUNE_RAY_ADDRESS": ray_address,
+            "PHASETUNE_START_DASHBOARD": "false",
+            "PHASETUNE_RESULTS_DIR": str(workdir / "ray_results"),
+            "PHASETUNE_API_URL": self.url,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        log = open(self.workdir / f"api-{time.time_ns()}.log", "wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "phasetune"), "serve", "--port", str(self.port)],
+            env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def healthy() -> bool:
+            assert self.process is not None and self.process.poll() is None, "the API process exited"
+            try:
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 120, "the API")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture
+def server_factory(ray_address, tmp_path) -> Iterator:
+    servers: list[Server] = []
+
+    def make(storage_url: str) -> Server:
+        server = Server(storage_url, ray_address, tmp_path)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def wait_for_status(client: httpx.Client, study_id: int, statuses: tuple[str, ...], timeout: float = 300) -> dict:
+    def done():
+        study = client.get(f"/studies/{study_id}").json()
+        return study if study["status"] in statuses else None
+
+    return wait_for(done, timeout, f"study {study_id} to reach {statuses}", interval=1)

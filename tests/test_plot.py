@@ -1,0 +1,44 @@
+"""Schedule pictures: a PNG via matplotlib, the same data as a plotly figure for the Optuna dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from search_spaces.plot import plot_schedule, plotly_schedule, upload_schedule_png
+
+PHASES = {"family": "phases", "transition_epochs": [3],
+          "phases": [{"lr": 0.5, "momentum": 0.0}, {"family": "cosine", "lr": 0.01, "momentum": 0.9}]}
+
+
+def test_plot_writes_a_png_with_phase_boundaries(tmp_path: Path) -> None:
+    out = tmp_path / "schedule.png"
+    fig = plot_schedule(PHASES, 6, 10, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax_lr, ax_m = fig.axes
+    assert [line.get_xdata()[0] for line in ax_lr.lines[1:]] == [3.0]  # the boundary, in epochs
+    assert list(ax_lr.lines[0].get_ydata()[:2]) == [0.5, 0.5] and len(ax_m.lines) == 2
+
+
+def test_plot_without_momentum() -> None:
+    fig = plot_schedule({"family": "cosine", "lr": 0.1}, 3, 4)
+    assert len(fig.axes[1].lines) == 0 and fig.axes[1].texts
+
+
+def test_plotly_figure_has_lr_and_momentum() -> None:
+    fig = plotly_schedule({"family": "onecycle", "max_lr": 0.1}, 4, 5)
+    assert [trace.name for trace in fig.data] == ["lr", "momentum"]
+    assert len(fig.data[0].x) == 20 and fig.data[0].x[5] == 1.0
+    boundaries = plotly_schedule(PHASES, 6, 10).layout.shapes  # one line per subplot
+    assert [shape.x0 for shape in boundaries] == [3.0, 3.0]
+
+
+def test_png_is_attached_to_a_trial(tmp_path: Path) -> None:
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    study = optuna.create_study()
+    trial = study.ask()
+    artifact_id = upload_schedule_png(trial, PHASES, 6, 10, store)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(trial)
+    assert meta.artifact_id == artifact_id and meta.mimetype == "image/png"
+    assert (tmp_path / artifact_id).read_bytes()[:4] == b"\x89PNG"

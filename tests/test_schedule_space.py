@@ -1,0 +1,258 @@
+"""Every family is searchable (alone, as a choice, inside a phase); bad specs name the field; contract tests."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+
+from search_spaces import FAMILIES, SpecError, build_plan, sample_schedule, trace, validate_schedule
+from search_spaces.families import Horizon
+from search_spaces.segment import build
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+EPOCHS, SPE = 10, 8
+
+# A searchable space per family: every family's own fields, some as ranges or choices.
+SPACES: dict[str, dict] = {
+    "constant": {"family": "constant", "lr": {"low": 1e-3, "high": 1.0, "log": True}},
+    "step": {"family": "step", "lr": {"low": 0.01, "high": 0.5, "log": True}, "step_size": {"low": 1.0, "high": 4.0},
+             "gamma": {"choices": [0.1, 0.5]}},
+    "multistep": {"family": "multistep", "lr": 0.1, "milestones": [{"low": 2, "high": 6}, {"low": 4, "high": 9}],
+                  "gamma": {"low": 0.05, "high": 0.5}},
+    "exponential": {"family": "exponential", "lr": 0.1, "gamma": {"low": 0.5, "high": 0.99}},
+    "linear": {"family": "linear", "lr": {"low": 0.01, "high": 0.5, "log": True},
+               "eta_min": {"low": 0.0, "high": 0.001}},
+    "cosine": {"family": "cosine", "lr": {"low": 0.01, "high": 0.5, "log": True}, "eta_min": 0.0,
+               "warmup": {"epochs": {"low": 0.5, "high": 2.0}, "start_factor": {"low": 0.0, "high": 0.5}}},
+    "sgdr": {"family": "sgdr", "lr": 0.1, "t_0": {"low": 0.5, "high": 3.0}, "t_mult": {"low": 1.0, "high": 2.5},
+             "eta_min": {"low": 0.0, "high": 0.001}},
+    "cyclic": {"family": "cyclic", "base_lr": {"low": 1e-4, "high": 1e-3, "log": True},
+               "max_lr": {"low": 0.01, "high": 0.1, "log": True}, "step_size_up": {"low": 0.5, "high": 3.0},
+               "step_size_down": {"choices": [None, 1.0]},
+               "mode": {"choices": ["triangular", "triangular2", "exp_range"]},
+               "gamma": {"low": 0.5, "high": 1.0}, "cycle_momentum": {"choices": [True, False]}},
+    "onecycle": {"family": "onecycle", "max_lr": {"low": 0.01, "high": 1.0, "log": True},
+                 "pct_start": {"low": 0.1, "high": 0.5}, "div_factor": {"low": 5.0, "high": 50.0},
+                 "final_div_factor": {"low": 10.0, "high": 1e4, "log": True},
+                 "anneal_strategy": {"choices": ["cos", "linear"]}, "three_phase": {"choices": [False, True]},
+                 "base_momentum": {"low": 0.8, "high": 0.85}, "max_momentum": {"low": 0.9, "high": 0.95}},
+    "rex": {"family": "rex", "lr": {"low": 0.01, "high": 0.5, "log": True}, "alpha": {"choices": [0.5, 0.9]}},
+    "autodecay": {"family": "autodecay", "lr": {"low": 0.01, "high": 0.5, "log": True},
+                  "beta": {"low": 0.8, "high": 0.95},
+                  "window": {"low": 2, "high": 6}, "tolerance": {"low": 0.005, "high": 0.05},
+                  "zeta": {"low": 0.8, "high": 0.95}, "gamma": {"low": 0.05, "high": 0.3}, "eps": 1e-8},
+}
+
+# A concrete example per family, for the contract tests.
+EXAMPLES: dict[str, dict] = {
+    "constant": {"family": "constant", "lr": 0.1},
+    "step": {"family": "step", "lr": 0.1, "step_size": 3, "gamma": 0.1},
+    "multistep": {"family": "multistep", "lr": 0.1, "milestones": [5, 7.5], "gamma": 0.1},
+    "exponential": {"family": "exponential", "lr": 0.1, "gamma": 0.8},
+    "linear": {"family": "linear", "lr": 0.1, "eta_min": 0.001},
+    "cosine": {"family": "cosine", "lr": 0.1, "eta_min": 0.0},
+    "sgdr": {"family": "sgdr", "lr": 0.1, "t_0": 1.5, "t_mult": 2, "eta_min": 0.0},
+    "cyclic": {"family": "cyclic", "base_lr": 0.001, "max_lr": 0.1, "step_size_up": 2.0, "cycle_momentum": True},
+    "onecycle": {"family": "onecycle", "max_lr": 0.1, "three_phase": True, "pct_start": 0.25},
+    "rex": {"family": "rex", "lr": 0.1, "alpha": 0.9},
+    "autodecay": {"family": "autodecay", "lr": 0.1},
+}
+FIRST_LR = {"cyclic": 0.001, "onecycle": 0.1 / 25}
+
+
+def test_every_family_has_a_space_and_an_example() -> None:
+    assert set(SPACES) == set(EXAMPLES) == set(FAMILIES)
+
+
+def _study() -> optuna.Study:
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+@pytest.mark.parametrize("family", sorted(SPACES))
+def test_family_is_searchable_alone(family: str) -> None:
+    space = SPACES[family]
+    validate_schedule(space, EPOCHS)
+    study = _study()
+    for _ in range(6):
+        trial = study.ask()
+        concrete = sample_schedule(trial, space, EPOCHS)
+        assert concrete["family"] == family
+        lrs = trace(concrete, EPOCHS, SPE)["lr"]
+        assert all(math.isfinite(v) and v >= 0 for v in lrs)
+        study.tell(trial, lrs[-1])
+    names = list(study.trials[0].params)
+    for key, value in space.items():
+        if isinstance(value, (dict, list)):  # searched: it has an Optuna parameter (milestones0, warmup.epochs...)
+            assert any(name.startswith(key) for name in names), (key, names)
+
+
+def test_choices_params_appear_only_in_trials_that_chose_them() -> None:
+    space = {"choices": [SPACES["cosine"], SPACES["onecycle"], SPACES["autodecay"]]}
+    validate_schedule(space, EPOCHS)
+    study = _study()
+    chosen = set()
+    for _ in range(15):
+        trial = study.ask()
+        concrete = sample_schedule(trial, space, EPOCHS)
+        label = trial.params["schedule"]
+        chosen.add(label)
+        assert concrete["family"] == label
+        assert all(name == "schedule" or name.startswith(f"{label}.") for name in trial.params)
+        trace(concrete, EPOCHS, SPE)
+        study.tell(trial, 0.0)
+    assert chosen == {"cosine", "onecycle", "autodecay"}
+
+
+def test_phases_with_a_cosine_phase() -> None:
+    space = {"family": "phases", "transition_epochs": [{"low": 3, "high": 7}],
+             "phases": [{"effective_lr": {"low": 0.5, "high": 2.0, "log": True},
+                         "momentum": {"choices": [0.0, 0.5, 0.9]}},
+                        {"family": "cosine", "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "momentum": 0.98}]}
+    validate_schedule(space, EPOCHS)
+    study = _study()
+    for _ in range(5):
+        trial = study.ask()
+        concrete = sample_schedule(trial, space, EPOCHS)
+        first, second = concrete["phases"]
+        assert first["lr"] == pytest.approx(first["effective_lr"] * (1 - first["momentum"]))
+        values = trace(concrete, EPOCHS, SPE)
+        boundary = round(concrete["transition_epochs"][0] * SPE)
+        assert set(values["lr"][:boundary]) == {first["lr"]}
+        assert values["lr"][boundary] == second["lr"]  # the cosine phase starts at its own step 0
+        assert values["lr"][-1] < second["lr"] * 0.01
+        assert values["momentum"][boundary:] == [0.98] * (EPOCHS * SPE - boundary)
+        study.tell(trial, 0.0)
+
+
+def test_effective_lr_is_recorded_and_gives_lr() -> None:
+    space = {"family": "cosine", "effective_lr": {"low": 0.1, "high": 1.0}, "momentum": {"low": 0.0, "high": 0.95}}
+    validate_schedule(space, EPOCHS)
+    study = _study()
+    for _ in range(5):
+        concrete = sample_schedule(study.ask(), space, EPOCHS)
+        assert concrete["lr"] == pytest.approx(concrete["effective_lr"] * (1 - concrete["momentum"]))
+        assert trace(json.loads(json.dumps(concrete)), EPOCHS, SPE)["lr"][0] == pytest.approx(concrete["lr"])
+        validate_schedule(concrete, EPOCHS)  # the recorded pair agrees
+    without_lr = {"family": "step", "effective_lr": 1.0, "momentum": 0.9, "step_size": 2}
+    assert trace(without_lr, 4, 2)["lr"][0] == pytest.approx(0.1)
+
+
+def test_list_fields_are_sampled_increasing() -> None:
+    # Overlapping ranges: each draw starts after the previous one (the ends must still increase).
+    space = {"family": "multistep", "lr": 0.1, "milestones": [{"low": 2.0, "high": 8.0}, {"low": 2.5, "high": 9.0}]}
+    validate_schedule(space, EPOCHS)
+    study = _study()
+    for _ in range(20):
+        concrete = sample_schedule(study.ask(), space, EPOCHS)
+        assert concrete["milestones"][0] < concrete["milestones"][1]
+        trace(concrete, EPOCHS, SPE)
+
+
+INVALID = [
+    ({"family": "constant", "lr": -0.1}, ("lr",)),
+    ({"family": "cosine", "lr": {"low": -1.0, "high": 1.0}}, ("lr",)),
+    ({"family": "cosine", "lr": 0.01, "eta_min": 0.1}, ("eta_min",)),
+    ({"family": "step", "lr": 0.1, "step_size": 0}, ("step_size",)),
+    ({"family": "step", "lr": 0.1, "step_size": 0.001}, ("step_size",)),
+    ({"family": "multistep", "lr": 0.1, "milestones": [6, 3]}, ("milestones", 1)),
+    ({"family": "multistep", "lr": 0.1, "milestones": [3, -1]}, ("milestones", 1)),
+    ({"family": "exponential", "lr": 0.1, "gamma": 1.5}, ("gamma",)),
+    ({"family": "sgdr", "lr": 0.1, "t_0": 1, "t_mult": 0.5}, ("t_mult",)),
+    ({"family": "sgdr", "lr": 0.1, "t_0": {"low": 1, "high": 2}, "t_mult": {"low": 0.9, "high": 2.0}}, ("t_mult",)),
+    ({"family": "cyclic", "base_lr": 0.1, "max_lr": 0.01, "step_size_up": 1}, ("base_lr",)),
+    ({"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "mode": "sawtooth"}, ("mode",)),
+    ({"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "cycle_momentum": True,
+      "base_momentum": 0.95, "max_momentum": 0.9}, ("base_momentum",)),
+    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 1.2}, ("pct_start",)),
+    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 0.0}, ("pct_start",)),
+    ({"family": "onecycle", "max_lr": 0.1, "pct_start": {"low": 0.2, "high": 1.0}}, ("pct_start",)),
+    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 0.7, "three_phase": True}, ("pct_start",)),
+    ({"family": "onecycle", "max_lr": 0.1, "anneal_strategy": "exp"}, ("anneal_strategy",)),
+    ({"family": "rex", "lr": 0.1, "alpha": 1.0}, ("alpha",)),
+    ({"family": "autodecay", "lr": 0.1, "window": 0}, ("window",)),
+    ({"family": "autodecay", "lr": 0.1, "zeta": 1.5}, ("zeta",)),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 10}}, ("warmup", "epochs")),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": {"low": 1, "high": 12}}}, ("warmup", "epochs")),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "start_factor": 2}}, ("warmup", "start_factor")),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "ramp": "linear"}}, ("warmup", "ramp")),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"start_factor": 0.1}}, ("warmup", "epochs")),
+    ({"family": "cosine", "effective_lr": 1.0}, ("momentum",)),
+    ({"family": "cosine", "lr": 0.5, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
+    ({"family": "onecycle", "max_lr": 0.1, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
+    ({"family": "cosine", "effective_lr": -1.0, "momentum": 0.9}, ("effective_lr",)),
+    ({"family": "cosine", "lr": 0.1, "t_0": 1}, ("t_0",)),
+    ({"family": "cosine"}, ("lr",)),
+    ({"family": "phases", "phases": [{"lr": 0.5}, {"family": "cosine", "lr": -1}], "transition_epochs": [5]},
+     ("phases", 1, "lr")),
+    ({"choices": [{"family": "cosine", "lr": 0.1}, {"family": "sgdr", "lr": 0.1, "t_0": 1, "t_mult": 0.5}]},
+     ("choices", 1, "t_mult")),
+]
+
+
+@pytest.mark.parametrize(("space", "loc"), INVALID, ids=[f"{s.get('family', 'choices')}-{'.'.join(map(str, loc))}"
+                                                          for s, loc in INVALID])
+def test_invalid_spec_names_the_field(space: dict, loc: tuple) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_schedule(space, EPOCHS)
+    assert err.value.loc[: len(loc)] == loc, err.value
+
+
+def test_concrete_schedules_are_checked_too() -> None:
+    with pytest.raises(SpecError) as err:
+        trace({"family": "cosine", "lr": -0.1}, 2, 2)
+    assert err.value.loc == ("lr",)
+    with pytest.raises(SpecError) as err:
+        trace({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 3}}, 2, 2)
+    assert err.value.loc == ("warmup", "epochs")
+    with pytest.raises(SpecError) as err:
+        trace({"family": "cosine", "effective_lr": 1.0, "momentum": 0.9, "lr": 0.5}, 2, 2)
+    assert err.value.loc == ("lr",)
+
+
+# ---- contract tests, parametrized over every family -------------------------------------------------------------
+
+@pytest.mark.parametrize("family", sorted(EXAMPLES))
+def test_first_value(family: str) -> None:
+    values = trace(EXAMPLES[family], EPOCHS, SPE)
+    assert values["lr"][0] == pytest.approx(FIRST_LR.get(family, 0.1))
+
+
+@pytest.mark.parametrize("family", sorted(EXAMPLES))
+def test_lr_finite_and_positive(family: str) -> None:
+    for spe in (1, 3, SPE):
+        assert all(math.isfinite(v) and v > 0 for v in trace(EXAMPLES[family], EPOCHS, spe)["lr"])
+
+
+@pytest.mark.parametrize("family", sorted(EXAMPLES))
+@pytest.mark.parametrize("warmup", [None, {"epochs": 1.5, "start_factor": 0.1}])
+def test_value_is_held_past_the_end(family: str, warmup: dict | None) -> None:
+    concrete = {**EXAMPLES[family], **({"warmup": warmup} if warmup else {})}
+    total = EPOCHS * SPE
+    schedule = build(family, concrete, Horizon(total, SPE))
+    at_end = schedule(total)
+    assert all(schedule(total + k) == at_end for k in (1, 5, 10 * total))
+    assert at_end.lr >= 0 and math.isfinite(at_end.lr)
+
+
+@pytest.mark.parametrize("family", sorted(EXAMPLES))
+def test_warmup_ramps_to_the_family_start(family: str) -> None:
+    concrete = {**EXAMPLES[family], "warmup": {"epochs": 2, "start_factor": 0.0}}
+    with_warmup = trace(concrete, EPOCHS, SPE)["lr"]
+    assert with_warmup[0] == 0.0
+    assert with_warmup[:2 * SPE] == sorted(with_warmup[:2 * SPE])
+    assert with_warmup[2 * SPE] == pytest.approx(FIRST_LR.get(family, 0.1))
+    assert with_warmup[SPE] == pytest.approx(with_warmup[2 * SPE] / 2)
+
+
+@pytest.mark.parametrize("family", sorted(EXAMPLES))
+def test_json_round_trip_of_concrete_schedules(family: str) -> None:
+    concrete = sample_schedule(_study().ask(), SPACES[family], EPOCHS)
+    again = json.loads(json.dumps(concrete))
+    assert again == concrete
+    assert trace(again, EPOCHS, SPE) == trace(concrete, EPOCHS, SPE)
+    validate_schedule(again, EPOCHS)  # a concrete schedule is also a (degenerate) space
+    plan = build_plan(again, EPOCHS, SPE)
+    assert plan.total_steps == EPOCHS * SPE

@@ -1,0 +1,104 @@
+"""The Optuna-backed Tune searcher, driven directly (no Ray cluster), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from ray.tune.search import Searcher
+
+from service.db import migrate
+from workers import study_attrs
+from workers.handle import StudyHandle
+from workers.runner import sweep_stale_trials
+from workers.searcher import OptunaStudySearcher
+
+SPEC = {
+    "name": "searcher",
+    "workload": {"name": "quadratic", "params": {}},
+    "epochs": 3,
+    "objective": {"metric": "val_loss", "direction": "minimize"},
+    "schedule": {"family": "constant", "lr": {"low": 0.01, "high": 1.0, "log": True}},
+    "n_trials": 3,
+    "sampler": {"name": "random", "seed": 0},
+}
+
+
+@pytest.fixture
+def handle(storage_url):
+    migrate(storage_url)
+    study = optuna.create_study(study_name="searcher", storage=storage_url)
+    study.set_user_attr(study_attrs.SPEC, SPEC)
+    return StudyHandle(storage_url, "searcher")
+
+
+def _result(epoch: int, value: float, done: bool = False) -> dict:
+    return {"epoch": epoch, "val_loss": value, "train_loss": value, "lr": 0.1, "momentum": None, "done": done}
+
+
+def test_states_values_and_budget(handle):
+    searcher = OptunaStudySearcher(handle)
+    first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
+    assert searcher.suggest("t3") == Searcher.FINISHED  # the budget is n_trials
+    assert first["schedule"]["family"] == "constant" and first["epochs"] == 3
+
+    for epoch in range(2):
+        searcher.on_trial_result("t0", _result(epoch, 1.0 - epoch / 10))
+    searcher.on_trial_complete("t0", _result(2, 0.5, done=True))  # Tune gives the last result only here
+    searcher.on_trial_result("t1", _result(0, 2.0))
+    searcher.on_trial_complete("t1", _result(0, 2.0), error=True)
+    searcher.on_trial_complete("t2", _result(0, float("nan"), done=True))
+
+    trials = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[0].value == 0.5
+    assert trials[0].intermediate_values == {0: 1.0, 1: 0.9, 2: 0.5}
+    assert trials[0].user_attrs["realized_lr"] == [0.1, 0.1, 0.1]
+    assert trials[0].user_attrs["schedule"] == first["schedule"]
+    assert searcher.remaining() == 0
+
+
+def test_a_retried_trial_restarts_its_curve(handle):
+    searcher = OptunaStudySearcher(handle)
+    searcher.suggest("t0")
+    for epoch, value in [(0, 3.0), (1, 2.0), (0, 2.5)]:  # the node died after epoch 1; Tune retried the trial
+        searcher.on_trial_result("t0", _result(epoch, value))
+    trial = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0]
+    assert [m["val_loss"] for m in trial.user_attrs["metrics"]] == [2.5]
+
+
+def test_stop_prunes_unfinished_trials(handle):
+    searcher = OptunaStudySearcher(handle)
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", _result(0, 1.0))
+    handle.stop_requested.set()
+    assert searcher.suggest("t1") == Searcher.FINISHED
+    searcher.on_trial_complete("t0", _result(0, 1.0))
+    assert optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0].state.name == "PRUNED"
+
+
+def test_swept_trials_do_not_count_against_the_budget(handle):
+    searcher = OptunaStudySearcher(handle)
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    # The driver died: a new one sweeps what the old one left RUNNING, and may run those trials again.
+    assert sweep_stale_trials(handle.study) == 2
+    fresh = OptunaStudySearcher(StudyHandle(handle.storage_url, "searcher"))
+    assert fresh.remaining() == 3
+    states = [t.state.name for t in optuna.load_study(study_name="searcher", storage=handle.storage_url).trials]
+    assert states == ["FAIL", "FAIL"]
+
+
+def test_stop_flag_in_storage_reaches_the_driver(handle):
+    assert not handle.refresh_stop_flag()
+    optuna.load_study(study_name="searcher", storage=handle.storage_url).set_user_attr(
+        study_attrs.STOP_REQUESTED, True)
+    fresh = StudyHandle(handle.storage_url, "searcher")
+    assert fresh.refresh_stop_flag()
+
+
+def test_the_handle_pickles_as_its_address(handle):
+    import pickle
+
+    handle.study  # open the storage: engines and locks must not travel
+    copy = pickle.loads(pickle.dumps(OptunaStudySearcher(handle)))
+    assert copy._handle.storage_url == handle.storage_url and copy.remaining() == 3

@@ -1,0 +1,85 @@
+"""The training loop: the optimizer uses what the plan says, phases get fresh optimizers, divergence ends a run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from search_spaces import build_plan, trace
+from workers.train import realised_momentum, train
+from workers.workloads import build_workload
+
+TWO_PHASE = {
+    "family": "phases",
+    "phases": [
+        {"lr": 0.3, "momentum": 0.0},
+        {"lr": 0.01, "momentum": 0.95, "weight_decay": 1e-4},
+    ],
+    "transition_epochs": [2],
+}
+
+
+def test_realised_lr_and_momentum_follow_the_plan():
+    workload = build_workload("digits", {}, seed=0)
+    plan = build_plan(TWO_PHASE, 4, workload.steps_per_epoch)
+    history = train(workload, plan, 4, seed=0)
+    assert [h["lr"] for h in history] == pytest.approx([0.3, 0.3, 0.01, 0.01])
+    assert [h["momentum"] for h in history] == pytest.approx([0.0, 0.0, 0.95, 0.95])
+    assert [h["phase"] for h in history] == [0, 0, 1, 1]
+    # The loop and trace() share the plan: the first step of each epoch matches the trace.
+    traced = trace(TWO_PHASE, 4, workload.steps_per_epoch)
+    spe = workload.steps_per_epoch
+    assert [traced["lr"][e * spe] for e in range(4)] == pytest.approx([h["lr"] for h in history])
+    assert history[-1]["val_accuracy"] > 0.8
+
+
+class _Recorder(torch.optim.SGD):
+    """An SGD that remembers every instance created, to see the loop's optimizer at each phase."""
+
+    instances: list[torch.optim.Optimizer] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Recorder.instances.append(self)
+
+
+@pytest.mark.parametrize("keep_state", [False, True])
+def test_phase_boundary_resets_momentum_unless_kept(monkeypatch, keep_state):
+    import workers.train as loop
+
+    _Recorder.instances = []
+    monkeypatch.setattr(loop.torch.optim, "SGD", _Recorder)
+    schedule = {
+        "family": "phases",
+        "phases": [{"lr": 0.1, "momentum": 0.9}, {"lr": 0.01, "momentum": 0.9, "keep_optimizer_state": keep_state}],
+        "transition_epochs": [1],
+    }
+    workload = build_workload("quadratic", {"steps_per_epoch": 3}, seed=0)
+    train(workload, build_plan(schedule, 2, workload.steps_per_epoch), 2)
+    # A fresh optimizer (empty momentum buffer) per phase by default; one optimizer throughout when kept.
+    assert len(_Recorder.instances) == (1 if keep_state else 2)
+
+
+def test_adam_phase_drives_beta1():
+    schedule = {"family": "phases", "phases": [{"optimizer": "adam", "lr": 0.01, "momentum": 0.8},
+                                               {"optimizer": "sgd", "lr": 0.05, "momentum": 0.5}],
+                "transition_epochs": [1]}
+    workload = build_workload("digits", {}, seed=1)
+    history = train(workload, build_plan(schedule, 2, workload.steps_per_epoch), 2)
+    assert [h["momentum"] for h in history] == pytest.approx([0.8, 0.5])
+
+
+def test_divergence_ends_the_run_early():
+    workload = build_workload("quadratic", {"eig_max": 1.0}, seed=0)
+    plan = build_plan({"family": "constant", "lr": 50.0}, 30, workload.steps_per_epoch)
+    history = train(workload, plan, 30)
+    assert len(history) < 30
+    assert history[-1]["done"] and not math.isfinite(history[-1]["train_loss"])
+
+
+def test_realised_momentum_reads_sgd_and_adam():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert realised_momentum(torch.optim.SGD(params, lr=0.1, momentum=0.7)) == pytest.approx(0.7)
+    assert realised_momentum(torch.optim.Adam(params, lr=0.1, betas=(0.6, 0.99))) == pytest.approx(0.6)

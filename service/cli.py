@@ -57,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log = open(DATA_DIR / "dashboard.log", "ab")  # noqa: SIM115 (lives as long as the dashboard)
         dashboard = subprocess.Popen(
             [str(Path(sys.executable).with_name("optuna-dashboard")), settings.storage_url,
-             "--host", settings.dashboard_host, "--port", str(settings.dashboard_port)],
+             "--host", settings.dashboard_host, "--port", str(settings.dashboard_port),
+             "--artifact-dir", settings.artifacts_dir],
             stdout=log, stderr=subprocess.STDOUT)
         print(f"phasetune: Optuna dashboard at {settings.dashboard_address}", flush=True)  # noqa: T201
     try:
@@ -158,6 +159,44 @@ def cmd_schedule_plot(args: argparse.Namespace) -> None:
     print(f"phasetune: wrote {args.output}")  # noqa: T201
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Run a regime probe over REST (``POST /probes``); ``--plot`` draws the range test's curve."""
+    if args.plot and args.kind != "lr_range":
+        sys.exit("phasetune: --plot draws the LR range test's curve; use it with `probe lr_range`")
+    body = {"kind": args.kind, "workload": {"name": args.workload, "params": json.loads(args.params)},
+            "seed": args.seed, "options": json.loads(args.options)}
+    record = _call(args, "POST", "/probes", json=body)
+    result = record["result"]
+    if args.kind == "curvature":
+        print(f"phasetune: probe {record['id']}: lambda0 = {result['lambda0']:.6g}, "  # noqa: T201
+              f"lr_crit = 2/lambda0 = {result['lr_crit']:.6g} ({result['iterations']} iterations)")
+    else:
+        print(f"phasetune: probe {record['id']}: lr_start = {result['lr_start']:.4g}, "  # noqa: T201
+              f"lr_best = {result['lr_best']:.4g}, lr_div = {result['lr_div']:.4g} (diverged: {result['diverged']})")
+    _print(record if args.json else {k: v for k, v in result.items() if k not in ("lrs", "losses")})
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        # A diverged run ends on a non-finite loss (stored as null): draw the finite part.
+        points = [(lr, loss) for lr, loss in zip(result["lrs"], result["losses"]) if loss is not None]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="black", lw=1.5, label="smoothed loss")
+        for key, color in (("lr_start", "tab:green"), ("lr_best", "tab:blue"), ("lr_div", "tab:red")):
+            ax.axvline(result[key], color=color, ls="--", lw=1, label=f"{key} = {result[key]:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("smoothed training loss")
+        ax.set_title(f"LR range test: {args.workload} (seed {args.seed})")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+        plt.close(fig)
+        print(f"phasetune: wrote {args.plot}")  # noqa: T201
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phasetune", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     client_command("best", cmd_best, "the best trial and its schedule").add_argument(
         "--json", action="store_true", help="print only the schedule JSON (usable with search_spaces.attach)")
     client_command("stop", cmd_stop, "stop a study's trials")
+
+    probe = client_command("probe", cmd_probe, "run a regime probe on a workload (POST /probes)", with_id=False)
+    probe.add_argument("kind", choices=["curvature", "lr_range"])
+    probe.add_argument("--workload", required=True, help="a workload name (ps10, digits, quadratic)")
+    probe.add_argument("--params", default="{}", help="the workload's params as JSON")
+    probe.add_argument("--options", default="{}", help="the probe's options as JSON (e.g. {\"steps\": 200})")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--plot", help="lr_range only: draw smoothed loss against lr (log x) to this PNG")
+    probe.add_argument("--json", action="store_true", help="print the whole record, curve included")
 
     schedule = commands.add_parser("schedule", help="schedule tools").add_subparsers(dest="tool", required=True)
     plot = schedule.add_parser("plot", help="draw lr and momentum against epochs")

@@ -11,7 +11,7 @@ DATA_DIR = Path(".phasetune")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PHASETUNE_")
+    model_config = SettingsConfigDict(env_prefix="PHASETUNE_", env_ignore_empty=True)
 
     # SQLAlchemy URL of the Optuna storage; phasetune's own table lives in the same database.
     storage_url: str = f"sqlite:///{(DATA_DIR / 'phasetune.db').resolve()}"
@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     ray_port: int = 6390  # not 6379: Redis often holds Ray's default port
     ray_num_cpus: int | None = None
     results_dir: str = str((DATA_DIR / "ray_results").resolve())
+    # Trial artifacts (each trial's schedule plot); the dashboard is started with it. Shared storage in a cluster.
+    artifacts_dir: str = str((DATA_DIR / "artifacts").resolve())
     start_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080

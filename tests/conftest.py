@@ -130,6 +130,7 @@ class Server:
             "PHASETUNE_RAY_ADDRESS": ray_address,
             "PHASETUNE_START_DASHBOARD": "false",
             "PHASETUNE_RESULTS_DIR": str(workdir / "ray_results"),
+            "PHASETUNE_ARTIFACTS_DIR": str(workdir / "artifacts"),
             "PHASETUNE_API_URL": self.url,
         }
         self.process: subprocess.Popen | None = None

@@ -107,9 +107,10 @@ def test_unknown_study_is_404(module_server):
         assert client.post("/studies/987654/stop").status_code == 404
 
 
-def _dashboard(storage_url: str):
+def _dashboard(storage_url: str, artifact_dir: str):
     port = free_port()
-    process = subprocess.Popen([str(BIN / "optuna-dashboard"), storage_url, "--port", str(port)],
+    process = subprocess.Popen([str(BIN / "optuna-dashboard"), storage_url, "--port", str(port),
+                                "--artifact-dir", artifact_dir],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def up():
@@ -160,7 +161,7 @@ def test_study_runs_to_completion_and_lands_in_optuna(storage_url, server_factor
         assert frozen.user_attrs["schedule"] == trial["schedule"]
 
     # ... and so does the Optuna dashboard's HTTP API.
-    dashboard, url = _dashboard(storage_url)
+    dashboard, url = _dashboard(storage_url, str(server.workdir / "artifacts"))
     try:
         summaries = httpx.get(f"{url}/api/studies", timeout=10).json()["study_summaries"]
         dashboard_id = next(s["study_id"] for s in summaries if s["study_name"] == spec["name"])
@@ -168,6 +169,8 @@ def test_study_runs_to_completion_and_lands_in_optuna(storage_url, server_factor
         assert sorted(t["number"] for t in detail["trials"]) == [t["number"] for t in trials]
         assert {t["state"] for t in detail["trials"]} == {"Complete"}
         assert all(len(t["intermediate_values"]) == 4 for t in detail["trials"])
+        # Each trial carries its schedule's plot as an artifact the dashboard shows.
+        assert all([a["mimetype"] for a in t["artifacts"]] == ["image/png"] for t in detail["trials"])
     finally:
         stop_group(dashboard)
 

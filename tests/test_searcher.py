@@ -102,3 +102,17 @@ def test_the_handle_pickles_as_its_address(handle):
     handle.study  # open the storage: engines and locks must not travel
     copy = pickle.loads(pickle.dumps(OptunaStudySearcher(handle)))
     assert copy._handle.storage_url == handle.storage_url and copy.remaining() == 3
+
+
+def test_each_trial_carries_its_schedule_plot(handle, tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    study = optuna.load_study(study_name="searcher", storage=handle.storage_url)
+    study.set_user_attr(study_attrs.ARTIFACT_DIR, str(tmp_path / "artifacts"))
+    searcher = OptunaStudySearcher(StudyHandle(handle.storage_url, "searcher"))
+    searcher.suggest("t0")
+    trial = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0]
+    (meta,) = get_all_artifact_meta(trial, storage=handle.storage)
+    assert meta.mimetype == "image/png"
+    png = tmp_path / "artifacts" / meta.artifact_id
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 
 from workers import study_attrs
 from workers.storage import open_storage
@@ -39,6 +41,22 @@ class StudyHandle:
 
         return optuna.load_study(study_name=self.study_name, storage=self.storage,
                                  sampler=make_sampler(self.spec.sampler))
+
+    @cached_property
+    def steps_per_epoch(self) -> int:
+        """The workload's optimizer steps per epoch (to draw a trial's schedule as it will run)."""
+        from workers.workloads import build_workload
+
+        workload = self.spec.workload
+        return build_workload(workload["name"], workload.get("params"), self.spec.seed).steps_per_epoch
+
+    @cached_property
+    def artifact_store(self) -> FileSystemArtifactStore | None:
+        directory = self.study.user_attrs.get(study_attrs.ARTIFACT_DIR)
+        if not directory:
+            return None
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return FileSystemArtifactStore(directory)
 
     def refresh_stop_flag(self) -> bool:
         """True once a stop was requested here or (by any process) in the storage."""

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from search_spaces import sample_schedule
+from search_spaces.plot import upload_schedule_png
 from workers import study_attrs
 from workers.handle import StudyHandle
 
@@ -75,6 +77,12 @@ class OptunaStudySearcher(Searcher):
         schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
         trial.set_user_attr("schedule", schedule)
         trial.set_user_attr("ray_trial_id", trial_id)
+        if self._units:  # params hold unit values, the schedule absolute LRs: keep the scale beside them
+            trial.set_user_attr("lr_units", self._units)
+        if self._handle.artifact_store is not None:
+            # Attached while the trial runs: a finished trial's attrs cannot change.
+            upload_schedule_png(trial, schedule, self._spec.epochs, self._handle.steps_per_epoch,
+                                self._handle.artifact_store)
         self._trials[trial_id] = trial
         self._history[trial_id] = []
         return {
@@ -103,7 +111,7 @@ class OptunaStudySearcher(Searcher):
             "ray_node_id": result.get("ray_node_id"),
             "ray_node_ip": result.get("ray_node_ip"),
             "device": result.get("device"),
-            **(result.get("schedule_attrs") or {}),
+            **json.loads(result.get("schedule_attrs") or "{}"),
         }
         for key, attr in attrs.items():
             self._storage.set_trial_user_attr(trial._trial_id, key, attr)

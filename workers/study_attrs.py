@@ -14,6 +14,7 @@ SPEC = "phasetune:spec"
 STATUS = "phasetune:status"
 ERROR = "phasetune:error"
 STOP_REQUESTED = "phasetune:stop_requested"
+ARTIFACT_DIR = "phasetune:artifact_dir"  # where trial artifacts (schedule plots) go; the dashboard reads it
 UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by, e.g. {"lr_crit": 0.8}
 SWEPT = "phasetune_swept"  # trial attr: failed by the stale-trial sweeper, not by its own training
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import ray
@@ -24,7 +25,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any]) -> None:
         if metrics["done"]:
-            metrics = {**metrics, "schedule_attrs": plan.extra_attrs()}
+            # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
+            metrics = {**metrics, "schedule_attrs": json.dumps(plan.extra_attrs())}
         tune.report({**metrics, **where})
 
     train(workload, plan, config["epochs"], seed=config["seed"], on_epoch=report)

@@ -1,0 +1,13 @@
+#!/bin/sh
+# One-shot: create (or upgrade) the Optuna schema and phasetune's tables in
+# PHASETUNE_STORAGE_URL, then exit 0. Idempotent: safe to run on every `docker compose up`.
+#
+#   PHASETUNE_STORAGE_URL       SQLAlchemy URL of the storage (read by phasetune)
+#   PHASETUNE_BIN               the phasetune executable      (default: phasetune on PATH)
+set -eu
+
+if [ -z "${PHASETUNE_STORAGE_URL:-}" ]; then
+    echo "migrate: PHASETUNE_STORAGE_URL is not set" >&2
+    exit 2
+fi
+exec "${PHASETUNE_BIN:-phasetune}" migrate

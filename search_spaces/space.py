@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces import params, segment
+from search_spaces import params, presets, segment
 from search_spaces.errors import SpecError
 
 PHASES = "phases"
@@ -29,6 +29,9 @@ def validate(space: Any, epochs: int) -> None:
                 validate(option, epochs)
             except SpecError as err:
                 raise err.under("choices", i) from None
+        return
+    if presets.is_preset(space):
+        presets.validate(space, epochs)
         return
     if isinstance(space, Mapping) and space.get("family") == PHASES:
         _validate_phases(space, epochs)
@@ -75,7 +78,7 @@ def _bounds(parsed: params.Param, loc: tuple) -> tuple[float, float]:
 
 def choice_labels(options: list[Mapping[str, Any]]) -> list[str]:
     """Stable, readable labels for schedule choices: the family name, numbered when a family repeats."""
-    names = [str(option.get("family")) for option in options]
+    names = [str(option.get("family", option.get(presets.PRESET))) for option in options]
     return [name if names.count(name) == 1 else f"{name}{i}" for i, name in enumerate(names)]
 
 
@@ -86,6 +89,8 @@ def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
         labels = choice_labels(space["choices"])
         label = trial.suggest_categorical(f"{prefix}schedule", labels)
         return sample(trial, space["choices"][labels.index(label)], epochs, units, prefix=f"{label}.")
+    if presets.is_preset(space):  # expanded here: only the driver knows the study's probe units
+        return sample(trial, presets.expand(space, epochs, units or {}), epochs, units, prefix)
     if space.get("family") != PHASES:
         return segment.sample(trial, space, prefix, default_family=None, units=units)
     phases = [

@@ -25,6 +25,21 @@ class Submission(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
 
 
+class ProbeRecord(Base):
+    """A probe run over REST (``POST /probes``): what was asked and what it found, so ``GET /probes/{id}`` can
+    return it again. A study's own probe results live in its Optuna user attrs instead."""
+
+    __tablename__ = "phasetune_probes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    workload: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    options: Mapped[dict] = mapped_column(JSON)
+    result: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+
+
 def make_engine(url: str) -> Engine:
     return create_engine(url, **engine_kwargs(url))
 

@@ -12,6 +12,7 @@ from search_spaces import SpecError
 from service import studies
 from service.db import make_engine, migrate
 from service.routes import health
+from service.routes import probes as probes_routes
 from service.routes import studies as studies_routes
 from service.settings import Settings, get_settings
 from workers.storage import open_storage
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
                   description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
     app.include_router(health.router)
     app.include_router(studies_routes.router)
+    app.include_router(probes_routes.router)
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, err: SpecError) -> JSONResponse:

@@ -68,3 +68,40 @@ class StudyOut(BaseModel):
     best_trial: TrialOut | None
     error: str | None = None
     dashboard_url: str | None = None
+
+
+class CurvatureOptionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    probe_batch: int = Field(256, ge=1, description="examples in the fixed probe batch")
+    iters: int = Field(50, ge=1, description="maximum power iterations")
+    tol: float = Field(1e-3, gt=0, description="stop once |dλ|/λ < tol")
+    mode: Literal["train", "eval"] = "train"
+
+
+class LRRangeOptionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr_low: float = Field(1e-7, gt=0)
+    lr_high: float = Field(10.0, gt=0)
+    steps: int = Field(100, ge=2, le=100_000)
+    batch_size: int | None = Field(None, ge=1, description="default: the workload's batch size")
+
+
+class ProbeCreate(BaseModel):
+    """``POST /probes``: run one probe on a workload built as a study's trials would build it (same seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["curvature", "lr_range"]
+    workload: WorkloadIn
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict, description="CurvatureOptionsIn or LRRangeOptionsIn")
+    resources: ResourcesIn = Field(default_factory=ResourcesIn)
+
+
+class ProbeOut(BaseModel):
+    id: int
+    kind: str
+    workload: dict[str, Any]
+    seed: int
+    options: dict[str, Any]
+    result: dict[str, Any]
+    created_at: str

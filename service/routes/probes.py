@@ -1,0 +1,26 @@
+"""``/probes``: the curvature probe (λ0, lr_crit = 2/λ0) and the LR range test (lr_start, lr_best, lr_div)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from service import probes
+from service.deps import EngineDep, SettingsDep
+from service.schemas import ProbeCreate, ProbeOut
+
+router = APIRouter(prefix="/probes", tags=["probes"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep) -> ProbeOut:
+    """Run the probe on Ray (waits for it) and store the result. 422 naming the field if the request is invalid."""
+    return probes.create(engine=engine, settings=settings, request=request)
+
+
+@router.get("/{probe_id}")
+def get_probe(probe_id: int, engine: EngineDep) -> ProbeOut:
+    """A stored probe result; 404 if there is none with this id."""
+    try:
+        return probes.view(engine=engine, probe_id=probe_id)
+    except probes.ProbeNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no probe with id {probe_id}") from None

@@ -49,9 +49,15 @@ def timed(fn: Callable[[], T], device: torch.device, repeats: int = 1) -> tuple[
 
 
 def warm_up(device: torch.device) -> float:
+    """Pay both probes' one-time start-up (autograd, torch.func) once, outside the per-workload timings."""
     model = torch.nn.Linear(2, 2).to(device)
     x, y = torch.zeros(4, 2, device=device), torch.zeros(4, 2, device=device)
-    return timed(lambda: estimate_curvature(model, x, y, "mse", iters=2), device)[1]
+
+    def both() -> object:
+        estimate_curvature(model, x, y, "mse", iters=2)
+        return lr_range_test(model, x, y, "mse", steps=5)
+
+    return timed(both, device)[1]
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def test_resume_from_state_dict_gives_identical_values(name: str, optimizer: str
 
 
 def test_autodecay_state_survives_resume() -> None:
-    schedule = {"family": "autodecay", "lr": 0.1, "beta": 0.0, "window": 2, "tolerance": 0.05}
+    schedule = {"family": "autodecay", "lr": 0.1, "beta": 0.0, "window": 2, "tolerance": 0.05, "gamma": 0.1}
     _, opt = _setup("sgd")
     sched = attach(schedule, opt, SPE, 20)
     for epoch, loss in enumerate([1.0, 0.5, 0.49]):

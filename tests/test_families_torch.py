@@ -233,7 +233,9 @@ def test_rex_against_lambdalr(seed: int) -> None:
 
 
 def test_rex_profile_properties() -> None:
-    rho = Rex.profile
+    def rho(z: float, alpha: float) -> float:
+        return Rex(lr=1.0, eta_min=0.0, total_steps=1, alpha=alpha).rho(z)
+
     assert (rho(0, 0.5), rho(0.5, 0.5), rho(1, 0.5)) == (1.0, pytest.approx(2 / 3), 0.0)
     assert rho(0.5, 0.9) == pytest.approx(0.909, abs=1e-3)
     zs = np.linspace(0, 1, 101)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, non_negative, positive, register
+from search_spaces.families.annealing import Annealing
+from search_spaces.families.base import register
 
 
 @register
 @dataclass(frozen=True)
-class Linear(LRSchedule):
+class Linear(Annealing):
     """``lr(t) = eta_min + (lr - eta_min) * (1 - min(t, T) / T)``, ``T`` the span in steps.
 
     torch references: ``PolynomialLR(total_iters=T, power=1)`` when ``eta_min = 0`` and
@@ -21,21 +19,7 @@ class Linear(LRSchedule):
     actually reaches ``eta_min`` during training.
     """
 
-    lr: float
-    eta_min: float
-    total_steps: int
     name = "linear"
-    fields = {
-        "lr": Field("float", required=True, check=positive),
-        "eta_min": Field("float", 0.0, check=non_negative),
-    }
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], horizon: Horizon) -> Linear:
-        if params["eta_min"] > params["lr"]:
-            raise SpecError(("eta_min",), f"must be <= lr ({params['lr']}), got {params['eta_min']}")
-        return cls(float(params["lr"]), float(params["eta_min"]), horizon.total_steps)
-
-    def __call__(self, step: int) -> Point:
-        z = min(step, self.total_steps) / self.total_steps
-        return Point(self.eta_min + (self.lr - self.eta_min) * (1.0 - z))
+    def rho(self, z: float) -> float:
+        return 1.0 - z

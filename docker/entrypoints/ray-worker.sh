@@ -46,25 +46,7 @@ while True:
         time.sleep(1)
 PY
 
-opt() {  # opt FLAG VALUE: pass --FLAG=VALUE only when VALUE is set
-    if [ -n "$2" ]; then
-        ARGS="$ARGS --$1=$2"
-    fi
-}
-ARGS=""
-opt node-ip-address "${PHASETUNE_RAY_NODE_IP:-}"
-opt num-cpus "${PHASETUNE_NODE_NUM_CPUS:-}"
-opt num-gpus "${PHASETUNE_NODE_NUM_GPUS:-}"
-opt object-store-memory "${PHASETUNE_RAY_OBJECT_STORE_MEMORY:-}"
-opt temp-dir "${PHASETUNE_RAY_TEMP_DIR:-}"
-opt node-manager-port "${PHASETUNE_RAY_NODE_MANAGER_PORT:-}"
-opt object-manager-port "${PHASETUNE_RAY_OBJECT_MANAGER_PORT:-}"
-opt dashboard-agent-listen-port "${PHASETUNE_RAY_DASHBOARD_AGENT_LISTEN_PORT:-}"
-opt dashboard-agent-grpc-port "${PHASETUNE_RAY_DASHBOARD_AGENT_GRPC_PORT:-}"
-opt runtime-env-agent-port "${PHASETUNE_RAY_RUNTIME_ENV_AGENT_PORT:-}"
-opt metrics-export-port "${PHASETUNE_RAY_METRICS_EXPORT_PORT:-}"
-opt min-worker-port "${PHASETUNE_RAY_MIN_WORKER_PORT:-}"
-opt max-worker-port "${PHASETUNE_RAY_MAX_WORKER_PORT:-}"
+. "$(dirname "$0")/ray-node-args.sh"
 
 BLOCK="--block"
 if [ "${PHASETUNE_RAY_BLOCK:-true}" = "false" ]; then

@@ -70,7 +70,7 @@ def create(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Se
     with Session(engine) as session:
         if session.scalar(select(Submission).where(Submission.name == spec.name)) is not None:
             raise StudyExists(spec.name)
-        if spec.name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}:
+        if _optuna_has_study(storage, spec.name):
             raise StudyExists(spec.name)
         submission = Submission(name=spec.name, spec=raw)
         session.add(submission)
@@ -84,6 +84,15 @@ def create(*, engine: Engine, storage: optuna.storages.BaseStorage, settings: Se
     ray_cluster.connect(settings)
     runner.launch(settings.storage_url, spec.name, settings.results_dir)
     return view(engine=engine, storage=storage, settings=settings, study_id=submission.id)
+
+
+def _optuna_has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    """One lookup (not a listing of every study): a study made outside phasetune may hold the name."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _submission(engine: Engine, study_id: int) -> Submission:

@@ -108,11 +108,10 @@ class OptunaStudySearcher(Searcher):
             "metrics": history,
             "realized_lr": [h["lr"] for h in history],
             "realized_momentum": [h["momentum"] for h in history],
-            "ray_node_id": result.get("ray_node_id"),
-            "ray_node_ip": result.get("ray_node_ip"),
-            "device": result.get("device"),
             **json.loads(result.get("schedule_attrs") or "{}"),
         }
+        if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
+            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device")})
         for key, attr in attrs.items():
             self._storage.set_trial_user_attr(trial._trial_id, key, attr)
 

@@ -73,7 +73,7 @@ class StudyOut(BaseModel):
 class CurvatureOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     probe_batch: int = Field(256, ge=1, description="examples in the fixed probe batch")
-    iters: int = Field(50, ge=1, description="maximum power iterations")
+    iters: int = Field(50, ge=1, description="maximum G-vector products (Lanczos steps)")
     tol: float = Field(1e-3, gt=0, description="stop once |dλ|/λ < tol")
     mode: Literal["train", "eval"] = "train"
 

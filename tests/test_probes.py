@@ -24,6 +24,8 @@ from search_spaces.probes import (
     probe_units,
     result_to_dict,
 )
+from search_spaces.probes.curvature import DENSE_MAX_PARAMS, _gauss_newton_product, _output_hessian
+from search_spaces.probes.linear_chain import LinearChain
 from search_spaces.probes.lr_range import _loss_fn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -286,7 +288,8 @@ def test_batchnorm_and_dropout_modes_leave_the_model_untouched() -> None:
 
 def test_probe_rejects_bad_arguments() -> None:
     model, x, y = mlp([2, 3], seed=0), torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
-    for kwargs in ({"loss_kind": "hinge"}, {"loss_kind": "mse", "mode": "test"}, {"loss_kind": "mse", "iters": 0}):
+    for kwargs in ({"loss_kind": "hinge"}, {"loss_kind": "mse", "mode": "test"}, {"loss_kind": "mse", "iters": 0},
+                   {"loss_kind": "mse", "method": "power"}):
         with pytest.raises(ValueError):
             estimate_curvature(model, x, y, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -309,6 +312,101 @@ def test_digits_workload_probe_matches_oracle() -> None:
     x, y = probe_batch(w.train_x, w.train_y, max_examples=64)
     res = estimate_curvature(w.model, x, y, w.loss_kind, iters=100, tol=1e-4)
     assert res.lambda0 == pytest.approx(exact_curvature(w.model, x, y, w.loss_kind), rel=1e-2)
+
+
+# ------------------------------------------------------- curvature: how the products are computed
+
+
+class FixedFeatures(nn.Module):
+    """A parameter-free prefix, like ps10's random Fourier features."""
+
+    def __init__(self, dim: int, n: int) -> None:
+        super().__init__()
+        self.register_buffer("proj", torch.randn(n, dim, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x @ self.proj.T)
+
+
+def relu_chain(seed: int) -> nn.Sequential:
+    """Every shape the closed-form path accepts: a prefix, nested Sequentials, no bias, Identity, a final ReLU."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(), FixedFeatures(6, 20),
+        nn.Sequential(nn.Linear(20, 16), nn.ReLU(inplace=True), nn.Identity()),
+        nn.Linear(16, 12, bias=False), nn.ReLU(),
+        nn.Sequential(nn.Linear(12, 4)), nn.ReLU(),
+    )
+
+
+def autograd_products(model: nn.Module, x: torch.Tensor, loss_kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    flat = torch.cat([p.reshape(-1) for p in params.values()]).requires_grad_()
+    views = [t.view(p.shape) for t, p in zip(flat.split([p.numel() for p in params.values()]), params.values())]
+    with torch.enable_grad():
+        out = functional_call(model, dict(zip(params, views)), (x,))
+    gvp, _ = _gauss_newton_product(out, flat, _output_hessian(out.detach(), loss_kind, len(x)), torch.zeros_like(out))
+    return gvp
+
+
+@pytest.mark.parametrize("loss_kind", ["cross_entropy", "mse"])
+def test_linear_chain_products_equal_autograd(loss_kind: str) -> None:
+    """The closed-form J v and Jᵀ u of a Linear/ReLU chain are the autograd products, to float32 round-off."""
+    model = relu_chain(seed=0)
+    x = torch.randn(32, 2, 3, generator=torch.Generator().manual_seed(1))  # Flatten makes it (32, 6)
+    y = torch.randint(0, 4, (32,)) if loss_kind == "cross_entropy" else torch.randn(32, 4)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    chain = LinearChain.capture(model, params, x)
+    assert chain is not None and len(chain.layers) == 3
+    assert torch.allclose(chain.outputs, model(x).detach(), atol=1e-6)
+    gvp = chain.gauss_newton_product(_output_hessian(chain.outputs, loss_kind, len(x)))
+    reference = autograd_products(model, x, loss_kind)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        v = torch.randn(sum(p.numel() for p in params.values()), generator=gen)
+        assert torch.allclose(gvp(v), reference(v), rtol=1e-4, atol=1e-6)
+    res = estimate_curvature(model, x, y, loss_kind)
+    assert res.method == "lanczos_chain" and res.converged
+    assert res.lambda0 == pytest.approx(exact_curvature(model, x, y, loss_kind), rel=1e-2)
+
+
+def test_other_models_take_the_autograd_products() -> None:
+    x, y = blobs(n=32, dim=6, classes=3, seed=1)
+    torch.manual_seed(0)
+    frozen = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    frozen[0].bias.requires_grad_(False)
+    shared = nn.Linear(6, 6)
+    models = {
+        "tanh": mlp([6, 16, 3], seed=0),
+        "batchnorm": nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)),
+        "frozen bias": frozen,
+        "shared layer": nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)),
+        "relu twice": nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.ReLU(), nn.Linear(16, 3)),
+    }
+    for name, model in models.items():
+        params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+        assert LinearChain.capture(model, params, x) is None, name
+        res = estimate_curvature(model, x, y, "cross_entropy")
+        assert res.method == "lanczos", name
+        assert res.lambda0 == pytest.approx(exact_curvature(model, x, y, "cross_entropy"), rel=1e-2), name
+
+
+def test_small_models_get_the_dense_matrix() -> None:
+    """Up to DENSE_MAX_PARAMS parameters G is formed whole: λ0 is exact, and Lanczos agrees with it."""
+    a, _ = spd(30, 1e-2, 2.5, seed=4)
+    model = Quadratic(a, torch.Generator().manual_seed(1))
+    inputs, targets = torch.zeros(1, 1), torch.zeros(1, 30)
+    dense = estimate_curvature(model, inputs, targets, "half_sum_squares")
+    assert 30 <= DENSE_MAX_PARAMS and dense.method == "dense" and dense.iterations == 30
+    assert dense.lambda0 == pytest.approx(2.5, rel=1e-5)
+    lanczos = estimate_curvature(model, inputs, targets, "half_sum_squares", method="lanczos")
+    assert lanczos.method == "lanczos" and lanczos.lambda0 == pytest.approx(2.5, rel=1e-2)
+    x, y = blobs(n=64, dim=6, classes=3, seed=1)
+    bigger = mlp([6, 16, 3], seed=0)  # 163 parameters: Lanczos by default, dense on request
+    assert estimate_curvature(bigger, x, y, "cross_entropy").method == "lanczos"
+    forced = estimate_curvature(bigger, x, y, "cross_entropy", method="dense")
+    assert forced.method == "dense"
+    assert forced.lambda0 == pytest.approx(exact_curvature(bigger, x, y, "cross_entropy"), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------- LR range test (§1.7)
@@ -404,6 +502,12 @@ def test_probes_run_on_the_tensors_device() -> None:
     before = snapshot(gpu_model)
     gpu = estimate_curvature(gpu_model, x.cuda(), y.cuda(), "cross_entropy", iters=200, tol=1e-6)
     assert gpu.lambda0 == pytest.approx(cpu.lambda0, rel=1e-3)
+    chain, xs = relu_chain(seed=0), torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    ys = torch.randint(0, 4, (32,))
+    on_cpu = estimate_curvature(chain, xs, ys, "cross_entropy", tol=1e-6, iters=200)
+    on_gpu = estimate_curvature(chain.cuda(), xs.cuda(), ys.cuda(), "cross_entropy", tol=1e-6, iters=200)
+    assert on_gpu.method == on_cpu.method == "lanczos_chain"
+    assert on_gpu.lambda0 == pytest.approx(on_cpu.lambda0, rel=1e-3)
     res = lr_range_test(gpu_model, x.cuda(), y.cuda(), "cross_entropy", batch_size=16)
     assert res.lr_start <= res.lr_best <= res.lr_div
     assert_same_state(gpu_model, before)

@@ -2,8 +2,9 @@
 
 G = (1/m) Σ_α J_αᵀ H_α J_α, with H_α = ∂²ℓ/∂f² the output Hessian of the loss actually used. Putting H
 inside G makes 2/λ0 the stability edge of GD for *that* loss, whatever its normalisation (spec §4,
-"Normalisation rule"). G is never formed: Lanczos needs only G-vector products, each made of J v and Jᵀ u,
-two backward passes over the graph of a single forward pass (see ``_gauss_newton_product``).
+"Normalisation rule"). G is never formed for a real network: Lanczos needs only G-vector products, each made
+of J v and Jᵀ u, two backward passes over the graph of a single forward pass (see ``_gauss_newton_product``).
+Only a model with at most ``DENSE_MAX_PARAMS`` parameters gets G itself, from one vectorised product.
 
 Pure torch: takes a model, a batch and a loss kind; it must not import ``workers``.
 """
@@ -11,7 +12,6 @@ Pure torch: takes a model, a batch and a loss kind; it must not import ``workers
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev
+
+from search_spaces.probes.linear_chain import LinearChain
 
 # Same names as workers.workloads.base.LOSS_KINDS (duplicated: probes must not import workers).
 #   "cross_entropy": mean softmax cross-entropy, H_α = diag(p) − ppᵀ;
@@ -31,9 +33,16 @@ MODES = ("train", "eval")
 # Default size of the fixed probe batch (bench/probe_cost.py). λ0 of a random subset is biased upwards
 # (λ_max is convex, a few large-gradient examples dominate a small average), so a small batch gives a
 # conservative lr_crit: at 256, ps10 is within 2% of the full-set λ0 and digits within +6..42% (64: up to
-# 5x). The probe then costs about 1-3 epochs of training: < 5% of a 30-epoch ps10 or digits trial, but
-# 10-20% of a 10-epoch one. It runs once per study, so its share of a whole study is far smaller.
+# 5x). The probe then costs 0.35-0.5 epochs of training on the built-in workloads, under 5% of a 10-epoch
+# trial. It runs once per study, so its share of a whole study is far smaller.
 PROBE_BATCH = 256
+
+# Up to this many trainable parameters G is formed whole (one vectorised product with the identity) and
+# eigvalsh gives λ0 exactly: for such a model that is cheaper than Lanczos's per-step overhead.
+DENSE_MAX_PARAMS = 64
+METHODS = ("auto", "lanczos", "dense")
+# Start vector Jᵀ H u: u is a random output direction shared by every example plus this much per-example noise.
+_START_NOISE = 0.25
 
 # Lanczos steps between restarts (the basis holds this many parameter-sized vectors) and the relative size
 # of β below which the Krylov space counts as invariant (float32 round-off after reorthogonalisation).
@@ -56,6 +65,7 @@ class CurvatureResult:
     mode: str  # "train" or "eval": BatchNorm/dropout mode the model was evaluated in
     loss_kind: str
     converged: bool  # |Δλ|/λ < tol (with a small residual) reached within ``iters``
+    method: str = "lanczos"  # "dense" (G formed whole), "lanczos" (autograd products), "lanczos_chain" (closed form)
 
 
 def probe_batch(
@@ -92,6 +102,7 @@ def estimate_curvature(
     tol: float = 1e-3,
     mode: str = "train",
     seed: int = 0,
+    method: str = "auto",
 ) -> CurvatureResult:
     """Lanczos on G for ``model`` at its current weights on the batch (inputs, targets).
 
@@ -100,6 +111,13 @@ def estimate_curvature(
     iteration's Rayleigh quotient for the same number of G-vector products, above all when the top two
     eigenvalues are close. A G-vector product reuses one forward pass: J v is a backward pass through the
     graph of u ↦ Jᵀ u (the double-vjp trick), Jᵀ u a backward pass through the forward graph.
+
+    The start vector is Jᵀ H u, not a random parameter vector: it lies in the range of G (a random vector is
+    almost all null space once P ≫ m·k, and the first step only removes it), and u, a random output direction
+    shared by every example plus a little per-example noise, leans towards the mode in which all examples move
+    together, which dominates a network's NTK at initialisation. Over the built-in workloads and the test nets
+    this saves about one product in eight, and it costs nothing: it is the Jᵀ u computed while the graph for
+    J v is built (``_gauss_newton_product``).
 
     Args:
         model: the network; its weights, buffers and train/eval mode are left as they were.
@@ -111,27 +129,35 @@ def estimate_curvature(
             residual of the Ritz pair below 10·tol·θ, which guards against a stall on a lower eigenvalue).
         mode: "train" (the mode training uses: BatchNorm on batch statistics, dropout on) or "eval".
         seed: seed of the start vector and of the (fixed) dropout masks.
+        method: "lanczos", "dense" (form G: only for small models, memory P²) or "auto" (dense when the
+            model has at most ``DENSE_MAX_PARAMS`` trainable parameters, else Lanczos). Lanczos takes its
+            products in closed form for a Linear/ReLU chain (``linear_chain``), else from autograd; the
+            result's ``method`` says which ("dense", "lanczos_chain" or "lanczos").
 
     Returns:
         A ``CurvatureResult``; ``lr_crit`` is ``inf`` if G is zero on this batch. ``iterations`` counts
-        G-vector products.
+        G-vector products (dense: P products in one vectorised call).
     """
     _check(inputs, targets, loss_kind, mode)
     if iters < 1 or tol <= 0:
         raise ValueError(f"need iters >= 1 and tol > 0 ({iters=}, {tol=})")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} ({method=})")
     m = len(inputs)
-    with _probe_mode(model, inputs, mode, seed) as f, torch.enable_grad():
-        leaves = [p.detach().requires_grad_() for p in _params(model).values()]
-        out = f(dict(zip(_params(model), leaves)))  # the one forward pass: dropout masks, BN statistics fixed
-        lam, converged, it = 0.0, True, 1
-        if out.requires_grad:  # else no trainable parameter reaches the output: G = 0
-            gen = torch.Generator(device=out.device).manual_seed(seed)
-            size = sum(p.numel() for p in leaves)
-            start = torch.randn(size, generator=gen, device=out.device, dtype=out.dtype)
-            gvp = _gauss_newton_product(out, leaves, _output_hessian(out.detach(), loss_kind), m)
-            lam, converged, it = _lanczos_top(gvp, start, iters, tol)
+    with _probe_mode(model, inputs, mode, seed) as f:
+        params = _params(model)
+        dense = method == "dense" or (method == "auto" and sum(p.numel() for p in params.values()) <= DENSE_MAX_PARAMS)
+        chain = None if dense else LinearChain.capture(model, params, inputs)
+        if chain is not None:  # closed-form products, no autograd graph
+            h = _output_hessian(chain.outputs, loss_kind, m)
+            start = chain.vjp(_start_direction(chain.outputs, h, seed))
+            gvp = chain.gauss_newton_product(h)
+            lam, converged, it = _lanczos_top(gvp, start, iters, tol) if start.any() else (0.0, True, 1)
+        else:
+            lam, converged, it = _autograd_top(f, params, loss_kind, m, dense, iters, tol, seed)
+    used = "dense" if dense else "lanczos" if chain is None else "lanczos_chain"
     lr_crit = 2.0 / lam if lam > 0 else math.inf
-    return CurvatureResult(lam, lr_crit, it, m, mode, loss_kind, converged)
+    return CurvatureResult(lam, lr_crit, it, m, mode, loss_kind, converged, used)
 
 
 def exact_curvature(
@@ -172,6 +198,27 @@ def exact_curvature(
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _autograd_top(
+    f: Callable[[Params], torch.Tensor], params: Params, loss_kind: str, m: int, dense: bool, iters: int,
+    tol: float, seed: int
+) -> tuple[float, bool, int]:
+    """(λ0, converged, products) with G-vector products by autograd, for any model."""
+    with torch.enable_grad():
+        # One flat leaf, the parameters views of it: every product is then a single tensor, not one per layer.
+        flat = torch.cat([p.reshape(-1) for p in params.values()]).requires_grad_()
+        views = [t.view(p.shape) for t, p in zip(flat.split([p.numel() for p in params.values()]), params.values())]
+        out = f(dict(zip(params, views)))  # the one forward pass: dropout masks, BN statistics fixed
+        if not out.requires_grad:  # no trainable parameter reaches the output: G = 0
+            return 0.0, True, 1
+        h = _output_hessian(out.detach(), loss_kind, m)
+        if dense:
+            gvp, _ = _gauss_newton_product(out, flat, h, torch.zeros_like(out))
+            gmat = gvp(torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)).double()
+            return float(torch.linalg.eigvalsh((gmat + gmat.T) / 2)[-1]), True, flat.numel()
+        gvp, start = _gauss_newton_product(out, flat, h, _start_direction(out, h, seed))
+        return _lanczos_top(gvp, start, iters, tol) if start.any() else (0.0, True, 1)
+
+
 def _check(inputs: torch.Tensor, targets: torch.Tensor, loss_kind: str, mode: str) -> None:
     if loss_kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss kind {loss_kind!r}; one of {LOSS_KINDS}")
@@ -186,68 +233,72 @@ def _params(model: nn.Module) -> Params:
 
 
 def _gauss_newton_product(
-    out: torch.Tensor, leaves: list[torch.Tensor], h: Callable[[torch.Tensor], torch.Tensor], m: int
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """v ↦ G v on flat parameter vectors, from the graph of one forward pass ``out = f(leaves)``.
+    out: torch.Tensor, flat: torch.Tensor, h: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(v ↦ G v, Jᵀ u) from the graph of one forward pass ``out = f(flat)``; v is a flat parameter vector or
+    a batch of them (the rows of a 2-D tensor), ``h`` applies H/m.
 
     Jᵀ u is a backward pass through the forward graph. The map u ↦ Jᵀ u is linear, so J v is its transpose:
     the gradient of ⟨Jᵀ u, v⟩ with respect to u, one backward pass through the graph of Jᵀ u that is built
-    once with ``create_graph`` (the "double-vjp trick"; the graph does not depend on the value of u). Neither
-    pass repeats the forward pass, and both are cheaper than a forward-mode ``jvp``.
+    once with ``create_graph`` (the "double-vjp trick"). That graph does not depend on the value of u, so it
+    is built at a useful u, whose Jᵀ u comes for free (the Lanczos start vector). Neither pass repeats the
+    forward pass, and both are cheaper than a forward-mode ``jvp``.
     """
-    u0 = torch.zeros_like(out, requires_grad=True)
-    jt_u0 = torch.autograd.grad(out, leaves, u0, create_graph=True, allow_unused=True)
-    # parameters whose Jᵀ u depends on u; the others do not reach the output (their rows of J are zero)
-    linked = [i for i, g in enumerate(jt_u0) if g is not None and g.requires_grad]
+    u = u.detach().requires_grad_()
+    (jt_u,) = torch.autograd.grad(out, flat, u, create_graph=True)
 
-    def gvp(v: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """G v written into ``result`` (flat, preallocated: large temporaries are slow to allocate)."""
-        if not linked:
-            return result.zero_()
-        (ju,) = torch.autograd.grad([jt_u0[i] for i in linked], u0, [_view(v, i) for i in linked], retain_graph=True)
-        w = torch.autograd.grad(out, leaves, h(ju) / m, retain_graph=True, allow_unused=True)
-        for i, g in enumerate(w):
-            _view(result, i).copy_(g) if g is not None else _view(result, i).zero_()
-        return result
+    def gvp(v: torch.Tensor) -> torch.Tensor:
+        if not jt_u.requires_grad:  # Jᵀ u does not depend on u: J = 0
+            return torch.zeros_like(v)
+        batched = v.dim() == 2
+        (jv,) = torch.autograd.grad(jt_u, u, v, retain_graph=True, is_grads_batched=batched)
+        (w,) = torch.autograd.grad(out, flat, h(jv), retain_graph=True, is_grads_batched=batched)
+        return w
 
-    offsets = [0, *itertools.accumulate(p.numel() for p in leaves)]
+    return gvp, jt_u.detach()
 
-    def _view(flat: torch.Tensor, i: int) -> torch.Tensor:
-        return flat[offsets[i] : offsets[i + 1]].view(leaves[i].shape)
 
-    return gvp
+def _start_direction(out: torch.Tensor, h: Callable[[torch.Tensor], torch.Tensor], seed: int) -> torch.Tensor:
+    """H u, u = (a random direction in output space, the same for every example) + ``_START_NOISE``·noise.
+
+    Jᵀ H u is the Lanczos start vector: its component along an eigenvector of G scales with the square root
+    of the eigenvalue (half a power step) and it has none in G's null space. The noise keeps every
+    eigendirection in reach, so Lanczos cannot miss the top one when the shared direction happens to be
+    orthogonal to it.
+    """
+    gen = torch.Generator(device=out.device).manual_seed(seed)
+    shared = torch.randn((1, *out.shape[1:]), generator=gen, device=out.device, dtype=out.dtype)
+    noise = torch.randn(out.shape, generator=gen, device=out.device, dtype=out.dtype)
+    return h(shared + _START_NOISE * noise)
 
 
 def _lanczos_top(
-    gvp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], start: torch.Tensor, iters: int, tol: float
+    gvp: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, iters: int, tol: float
 ) -> tuple[float, bool, int]:
     """(top Ritz value, converged, G-vector products) of symmetric PSD ``gvp`` by restarted Lanczos.
 
-    Full reorthogonalisation (classical Gram-Schmidt against the whole basis, repeated when it cancels much
-    of the vector) keeps the float32 basis orthonormal, so no spurious copies of λ_max appear. Every
+    Each step orthogonalises G q_j against the whole basis by classical Gram-Schmidt, twice ("twice is
+    enough"): the float32 basis stays orthonormal, so no spurious copies of λ_max appear. Every
     ``LANCZOS_RESTART`` steps the basis is replaced by the top Ritz vector. Converged: the top Ritz value θ
     moved by ≤ tol·θ in one step of the current cycle and its residual is ≤ ``_RESIDUAL``·tol·θ, or the
     Krylov space became invariant (β ≈ 0: the Ritz values are then eigenvalues).
     """
     basis = start.new_empty(LANCZOS_RESTART + 1, start.numel())  # rows: the orthonormal Lanczos vectors
     torch.div(start, start.norm(), out=basis[0])
-    w = torch.empty_like(start)
+    tri = np.zeros((LANCZOS_RESTART, LANCZOS_RESTART))  # the projected matrix T = Qᵀ G Q of this cycle
     theta, it = 0.0, 0
     while True:
-        alphas: list[float] = []
-        betas: list[float] = []
         for j in range(LANCZOS_RESTART):
             it += 1
-            gvp(basis[j], w)
+            w = gvp(basis[j])
             qmat = basis[: j + 1]
-            coef = torch.mv(qmat, w)  # coef[j] = α_j; the rest is the three-term recurrence plus round-off
-            w.addmv_(qmat.T, coef, alpha=-1)
-            *coefs, beta = torch.cat([coef, torch.linalg.vector_norm(w).reshape(1)]).tolist()  # one sync
-            if beta * beta < 0.25 * (beta * beta + sum(c * c for c in coefs)):  # cancelled > half the norm:
-                w.addmv_(qmat.T, torch.mv(qmat, w), alpha=-1)  # a second pass ("twice is enough")
-                beta = float(torch.linalg.vector_norm(w))
-            alphas.append(coefs[j])
-            evals, evecs = np.linalg.eigh(_tridiagonal(alphas, betas))
+            first = torch.mv(qmat, w)  # [.., β_{j-1}, α_j]: the three-term recurrence
+            w.addmv_(qmat.T, first, alpha=-1)
+            second = torch.mv(qmat, w)  # what round-off left ("twice is enough")
+            w.addmv_(qmat.T, second, alpha=-1)
+            alpha_j, beta = torch.stack([first[j] + second[j], torch.linalg.vector_norm(w)]).tolist()  # one sync
+            tri[j, j] = alpha_j
+            evals, evecs = np.linalg.eigh(tri[: j + 1, : j + 1])
             new = float(evals[-1])
             scale = max(abs(new), abs(float(evals[0])))
             if scale == 0.0:  # G q = 0 on the start vector: a dead network or a constant model
@@ -262,27 +313,29 @@ def _lanczos_top(
                 return theta, True, it
             if it >= iters:
                 return theta, False, it
-            betas.append(beta)
+            if j + 1 < LANCZOS_RESTART:
+                tri[j, j + 1] = tri[j + 1, j] = beta
             torch.div(w, beta, out=basis[j + 1])
         # restart from the top Ritz vector (the last basis vector is not part of T's span: drop it)
         top = torch.as_tensor(evecs[:, -1], dtype=basis.dtype, device=basis.device)
         torch.mv(basis[:LANCZOS_RESTART].T, top, out=w)
         torch.div(w, w.norm(), out=basis[0])
+        tri[:] = 0.0
 
 
-def _tridiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
-    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+def _output_hessian(out: torch.Tensor, loss_kind: str, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u ↦ H u / m applied per example; H is evaluated at ``out`` (it depends on f only for cross-entropy).
 
-
-def _output_hessian(out: torch.Tensor, loss_kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """u ↦ H u applied per example; H is evaluated at ``out`` (it depends on f only for cross-entropy)."""
+    ``u`` has the shape of ``out``, or that shape after leading batch dimensions (a batched product).
+    """
     if loss_kind == "half_sum_squares":
-        return lambda u: u
+        return lambda u: u / m
     if loss_kind == "mse":
         k = out[0].numel()  # MSELoss(mean) averages over all m·k entries: ℓ_α = ‖f_α − y_α‖²/k
-        return lambda u: u * (2.0 / k)
+        return lambda u: u * (2.0 / (k * m))
     p = torch.softmax(out, dim=1)  # logits (m, C[, ...]); classes on dim 1, as in F.cross_entropy
-    return lambda u: p * u - p * (p * u).sum(dim=1, keepdim=True)
+    classes = 1 - out.dim()  # the same dim counted from the right, so leading batch dims do not move it
+    return lambda u: (p * u - p * (p * u).sum(dim=classes, keepdim=True)) / m
 
 
 def _hessian_blocks(out: torch.Tensor, loss_kind: str) -> list[torch.Tensor]:

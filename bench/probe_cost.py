@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 from typing import TypeVar
 
 import torch
@@ -30,7 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from search_spaces.plan import build_plan  # noqa: E402
-from search_spaces.probes import PROBE_BATCH, CurvatureResult, estimate_curvature, lr_range_test, probe_batch  # noqa: E402
+from search_spaces.probes import (  # noqa: E402
+    PROBE_BATCH,
+    CurvatureResult,
+    estimate_curvature,
+    lr_range_test,
+    probe_batch,
+)
 from workers.train import train  # noqa: E402
 from workers.workloads import build_workload  # noqa: E402
 
@@ -38,19 +44,15 @@ WORKLOADS = ("ps10", "digits", "quadratic")
 T = TypeVar("T")
 
 
-def timed(fn: Callable[[], T], device: torch.device, repeats: int = 1) -> tuple[T, float]:
-    """(result of the last call, best wall time in seconds); syncs CUDA so GPU time is counted."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    assert out is not None
-    return out, best
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """(result, wall time in seconds) of one call; syncs CUDA so GPU time is counted."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def warm_up(device: torch.device) -> float:
@@ -63,10 +65,6 @@ def warm_up(device: torch.device) -> float:
         return lr_range_test(model, x, y, "mse", steps=5)
 
     return timed(both, device)[1]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main() -> None:
@@ -136,11 +134,11 @@ def main() -> None:
     for name, by_size in lams.items():
         print(f"  {name:<10} " + "  ".join(f"{s}: {lam:.4g}" for s, lam in by_size.items()))
     print()
-    print(f"trial = {args.epochs} epochs of workers.train.train at 0.5*lr_crit; probe/trial = median over {args.rounds} "
-          "alternating rounds of one trial and one probe;\nmethod: lanczos_chain = closed-form Linear/ReLU "
-          "products, lanczos = autograd double-vjp, dense = G formed whole; iters = G-vector products;\nprobe_epochs = probe time "
-          "in epochs of training. Both probes run once per study, not per trial.")
-
+    print(f"trial = {args.epochs} epochs of workers.train.train at 0.5*lr_crit; "
+          f"probe/trial = median over {args.rounds} alternating rounds of one trial and one probe;")
+    print("method: lanczos_chain = closed-form Linear/ReLU products, lanczos = autograd double-vjp, "
+          "dense = G formed whole; iters = G-vector products;")
+    print("probe_epochs = probe time in epochs of training. Both probes run once per study, not per trial.")
 
 if __name__ == "__main__":
     main()

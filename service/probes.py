@@ -17,7 +17,7 @@ from workers import probing
 from workers.workloads import resolve as resolve_workload
 
 OPTION_MODELS: dict[str, type[BaseModel]] = {"curvature": CurvatureOptionsIn, "lr_range": LRRangeOptionsIn}
-TIMEOUT_S = 900  # a probe costs about one to three epochs of training; this only guards a stuck cluster
+TIMEOUT_S = 900  # a probe costs well under an epoch of training; this only guards a stuck cluster (or a GPU wait)
 
 
 class ProbeNotFound(Exception):

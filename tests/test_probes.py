@@ -380,7 +380,8 @@ def test_other_models_take_the_autograd_products() -> None:
         "tanh": mlp([6, 16, 3], seed=0),
         "batchnorm": nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)),
         "frozen bias": frozen,
-        "shared layer": nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)),
+        "shared layer": nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(),
+                                      nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3)),
         "relu twice": nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.ReLU(), nn.Linear(16, 3)),
     }
     for name, model in models.items():

@@ -152,7 +152,7 @@ def estimate_curvature(
             h = _output_hessian(chain.outputs, loss_kind, m)
             start = chain.vjp(_start_direction(chain.outputs, h, seed))
             gvp = chain.gauss_newton_product(h)
-            lam, converged, it = _lanczos_top(gvp, start, iters, tol) if start.any() else (0.0, True, 1)
+            lam, converged, it = _lanczos_top(gvp, start, iters, tol)
         else:
             lam, converged, it = _autograd_top(f, params, loss_kind, m, dense, iters, tol, seed)
     used = "dense" if dense else "lanczos" if chain is None else "lanczos_chain"
@@ -216,7 +216,7 @@ def _autograd_top(
             gmat = gvp(torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)).double()
             return float(torch.linalg.eigvalsh((gmat + gmat.T) / 2)[-1]), True, flat.numel()
         gvp, start = _gauss_newton_product(out, flat, h, _start_direction(out, h, seed))
-        return _lanczos_top(gvp, start, iters, tol) if start.any() else (0.0, True, 1)
+        return _lanczos_top(gvp, start, iters, tol)
 
 
 def _check(inputs: torch.Tensor, targets: torch.Tensor, loss_kind: str, mode: str) -> None:
@@ -283,8 +283,11 @@ def _lanczos_top(
     moved by ≤ tol·θ in one step of the current cycle and its residual is ≤ ``_RESIDUAL``·tol·θ, or the
     Krylov space became invariant (β ≈ 0: the Ritz values are then eigenvalues).
     """
+    norm = float(start.norm())
+    if norm == 0.0:  # a start vector Jᵀ H u of zero: J = 0 on this batch (a dead network), so G = 0
+        return 0.0, True, 1
     basis = start.new_empty(LANCZOS_RESTART + 1, start.numel())  # rows: the orthonormal Lanczos vectors
-    torch.div(start, start.norm(), out=basis[0])
+    torch.div(start, norm, out=basis[0])
     tri = np.zeros((LANCZOS_RESTART, LANCZOS_RESTART))  # the projected matrix T = Qᵀ G Q of this cycle
     theta, it = 0.0, 0
     while True:

@@ -38,7 +38,9 @@ class LinearChain:
     def __init__(self, layers: list[_Layer], outputs: torch.Tensor) -> None:
         self.layers = layers
         self.outputs = outputs  # f(x), (m, k), detached
-        self.sizes = [n for layer in layers for n in (layer.weight.numel(), layer.weight.shape[0] * layer.has_bias)]
+        self.sizes: list[int] = []  # the flat layout: each weight, then its bias if any (named_parameters' order)
+        for layer in layers:
+            self.sizes += [layer.weight.numel()] + [layer.weight.shape[0]] * layer.has_bias
 
     @classmethod
     def capture(cls, model: nn.Module, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> LinearChain | None:
@@ -66,7 +68,7 @@ class LinearChain:
                         return None
                     layers.append(_Layer(mod.weight.detach(), mod.bias is not None, a, None))
                     a = mod(a)
-                elif isinstance(mod, nn.ReLU) and layers and layers[-1].mask is None:
+                elif isinstance(mod, nn.ReLU) and layers:  # _chain_modules: only ever right after a Linear
                     layers[-1] = dataclasses.replace(layers[-1], mask=a > 0)
                     a = torch.relu(a)
                 else:  # the parameter-free prefix, or an Identity
@@ -117,11 +119,8 @@ class LinearChain:
 
     def _split(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         parts = iter(flat.split(self.sizes))
-        return [(next(parts).view(layer.weight.shape), _bias(next(parts), layer)) for layer in self.layers]
-
-
-def _bias(part: torch.Tensor, layer: _Layer) -> torch.Tensor | None:
-    return part if layer.has_bias else None
+        return [(next(parts).view(layer.weight.shape), next(parts) if layer.has_bias else None)
+                for layer in self.layers]
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -141,7 +140,7 @@ def _chain_modules(model: nn.Module) -> list[nn.Module] | None:
         return None
     after_linear = False
     for mod in modules[first:]:
-        if isinstance(mod, nn.Linear) and mod.weight.requires_grad and (mod.bias is None or mod.bias.requires_grad):
+        if isinstance(mod, nn.Linear):  # frozen weights are caught by capture's layout check
             after_linear = True
         elif isinstance(mod, nn.ReLU) and after_linear:
             after_linear = False

@@ -41,7 +41,7 @@ def run(schedule: dict[str, Any], epochs: int, seeds: range, noise: float) -> di
     for seed in seeds:
         workload = build_workload("ps10", {"noise": noise}, seed)
         plan = build_plan(schedule, epochs, workload.steps_per_epoch)
-        history = train(workload, plan, epochs, seed=seed)
+        history = train(workload, plan, epochs, order_seed=seed)
         accuracies.append(100 * history[-1]["val_accuracy"])
         used.append(len(history))
         decays.append(plan.extra_attrs().get("autodecay_decay_epochs"))

@@ -33,7 +33,7 @@ def main() -> None:
         curvature = estimate_curvature(workload.model, x, y, workload.loss_kind)
         plan = build_plan(SCHEDULE, 8, workload.steps_per_epoch)
         started = time.perf_counter()
-        history = train(workload, plan, 8, seed=0)
+        history = train(workload, plan, 8, order_seed=0)
         seconds = (time.perf_counter() - started) / len(history)
         param_device = next(workload.model.parameters()).device
         print(f"{device}: params on {param_device}, lambda0 {curvature.lambda0:.4f} ({curvature.iterations} iters), "

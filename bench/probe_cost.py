@@ -102,7 +102,7 @@ def main() -> None:
             ratios, trials, probes = [], [], []
             for _ in range(args.rounds):  # alternate, so that both see the same machine
                 w.model.load_state_dict(init)
-                _, trial_s = timed(lambda: train(w, plan, args.epochs, seed=seed), device)  # noqa: B023
+                _, trial_s = timed(lambda: train(w, plan, args.epochs, order_seed=seed), device)  # noqa: B023
                 w.model.load_state_dict(init)
                 _, probe_s = timed(probe, device)
                 trials.append(trial_s)
@@ -118,8 +118,8 @@ def main() -> None:
                 sizes = sorted({s for s in (64, 128, 256, 512, 1024) if s < len(w.train_x)} | {len(w.train_x)})
                 lams[name] = {s: estimate_curvature(w.model, *probe_batch(w.train_x, w.train_y, s, seed=0),
                                                     w.loss_kind).lambda0 for s in sizes}
-                rng, range_s = timed(lambda: lr_range_test(w.model, w.train_x, w.train_y, w.loss_kind,  # noqa: B023
-                                                           batch_size=w.batch_size), device)
+                rng, range_s = timed(lambda w=w: lr_range_test(w.model, w.train_x, w.train_y, w.loss_kind,
+                                                               batch_size=w.batch_size), device)
                 ranges[name] = (rng, range_s / median(trials))
         summary.append((name, median([r for rs in per_seed for r in rs]), max(median(rs) for rs in per_seed)))
 

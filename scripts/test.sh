@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# The test command: install into .venv (idempotent), then run the whole suite against real Ray, SQLite,
-# PostgreSQL (127.0.0.1:5432, or $PHASETUNE_TEST_PG) and real HTTP.
+# The test command: install into .venv (idempotent), then, with no arguments, `ruff check`, the fast subset
+# (validation, routing, schedules, training, searcher: real SQLite/PostgreSQL, no Ray) and the slow tests
+# (real Ray, `phasetune serve`, real HTTP, the cluster's processes) -- together, the whole suite.
+# With arguments, pytest with them: `bash scripts/test.sh -m "not slow"` runs the fast subset alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/ruff check .
+started=$(date +%s)
+.venv/bin/python -m pytest -m "not slow"
+echo "fast subset: $(( $(date +%s) - started )) s"
+.venv/bin/python -m pytest -m slow
+echo "whole suite: $(( $(date +%s) - started )) s"

@@ -1,8 +1,9 @@
 """Schedules, their search spaces and probes. Pure Python + torch: no Ray, no FastAPI."""
 
-from search_spaces.attach import ScheduleDriver, apply_to_optimizer, attach
+from search_spaces.attach import ScheduleDriver, attach
 from search_spaces.errors import SpecError
 from search_spaces.families import FAMILIES
+from search_spaces.phased import PhasedOptimizer, apply_to_optimizer
 from search_spaces.plan import Plan, build_plan
 from search_spaces.space import sample as sample_schedule
 from search_spaces.space import validate as validate_schedule
@@ -10,6 +11,7 @@ from search_spaces.trace import trace
 
 __all__ = [
     "FAMILIES",
+    "PhasedOptimizer",
     "Plan",
     "ScheduleDriver",
     "SpecError",

@@ -21,7 +21,9 @@ RANGE_KEYS = {"low", "high", "log", "step", "unit"}
 class TrialLike(Protocol):
     """The part of ``optuna.Trial`` that sampling needs (tests may pass a fixed-params trial)."""
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
@@ -111,7 +113,8 @@ def suggest(trial: TrialLike, name: str, param: Param, units: Mapping[str, float
     if isinstance(param, Choices):
         return trial.suggest_categorical(name, list(param.choices))
     if param.is_int:
-        value: float = trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log)
+        value: float = trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1),
+                                         log=param.log)
     else:
         value = trial.suggest_float(name, float(param.low), float(param.high), step=param.step, log=param.log)
     if param.unit is None:

@@ -74,7 +74,8 @@ def build_plan(concrete: Mapping[str, Any], epochs: int, steps_per_epoch: int) -
     starts = [0, *boundaries]
     ends = [*boundaries, total]
     if any(b <= a for a, b in zip(starts, ends)) or ends[-1] > total:
-        raise SpecError(("transition_epochs",), f"phase boundaries {boundaries} must increase within (0, {total}) steps")
+        raise SpecError(("transition_epochs",),
+                        f"phase boundaries {boundaries} must increase within (0, {total}) steps")
     phases = []
     for i, (seg, start, end) in enumerate(zip(segments, starts, ends)):
         loc = ("phases", i) if concrete.get("family") == PHASES else ()

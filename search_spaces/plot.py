@@ -2,8 +2,8 @@
 
 ``plot_schedule`` draws with matplotlib (``phasetune schedule plot``); ``plotly_schedule`` gives the same figure as
 plotly (``optuna_dashboard.save_plotly_graph_object`` shows it on a study's page); ``upload_schedule_png`` attaches the
-PNG to a trial as an Optuna artifact, which the dashboard shows on the trial. All read ``trace``, the training loop's
-code path, so the picture is what the trial trained with.
+PNG to a trial as an Optuna artifact, which the dashboard shows on the trial. All read the plan, the training loop's
+code path, so the picture is what the trial trained with (at most ``MAX_POINTS`` steps of it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_spaces.plan import build_plan
-from search_spaces.trace import trace
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -23,13 +22,23 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
 
+MAX_POINTS = 4000  # a picture's resolution: enough for a figure, and its cost does not grow with the steps
+
+
 def _series(schedule: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> dict[str, Any]:
-    values = trace(schedule, epochs, steps_per_epoch)
+    """The schedule at every step, or at ``MAX_POINTS`` evenly spread steps plus each phase's first and last."""
     plan = build_plan(schedule, epochs, steps_per_epoch)
-    momentum = values["momentum"]
+    if plan.total_steps <= MAX_POINTS:
+        steps = list(range(plan.total_steps))
+    else:
+        edges = {s for p in plan.phases for s in (p.start_step, p.end_step - 1)}
+        spread = {round(i * (plan.total_steps - 1) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)}
+        steps = sorted(spread | edges)
+    values = [plan(step) for step in steps]
+    momentum = [v.momentum for v in values]
     return {
-        "epoch": [step / steps_per_epoch for step in range(len(values["lr"]))],
-        "lr": values["lr"],
+        "epoch": [step / steps_per_epoch for step in steps],
+        "lr": [v.lr for v in values],
         # Where the schedule leaves momentum alone there is nothing to draw (None becomes a gap).
         "momentum": momentum if any(m is not None for m in momentum) else None,
         "boundaries": [phase.start_step / steps_per_epoch for phase in plan.phases[1:]],

@@ -20,13 +20,11 @@ from typing import Any
 
 from search_spaces import params, segment
 from search_spaces.errors import SpecError
+from search_spaces.units import UNITS
 
 PRESET = "preset"
 REGIMES = "regimes"
 PRESETS = (REGIMES,)
-UNITS = ("lr_crit", "lr_div")  # lr_crit = 2/λ0 (curvature probe), lr_div = the range test's divergence LR
-# Fields that hold a learning rate: the only ones a ``unit`` may scale.
-LR_FIELDS = frozenset({"lr", "effective_lr", "eta_min", "base_lr", "max_lr"})
 
 REGIMES_OPTIONS: dict[str, str] = {
     "phase1_upper": "fraction of lr_div that bounds phase 1's lr from above, in (0, 1] (default 1.0)",
@@ -67,7 +65,7 @@ def default_transition(epochs: int) -> int | dict[str, int]:
     return low if low == high else {"low": low, "high": high}
 
 
-def validate(space: Mapping[str, Any], epochs: int) -> None:
+def validate(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> None:
     """Refuse a preset whose options cannot expand into a valid space; the error names the option."""
     name = space.get(PRESET)
     if name not in PRESETS:
@@ -96,7 +94,7 @@ def validate(space: Mapping[str, Any], epochs: int) -> None:
     # The expansion with nominal units must be a valid phases space (a safety net: the checks above name options).
     nominal = {"lr_crit": 1.0, "lr_div": 2.0 / upper}
     for i, phase in enumerate(expand(space, epochs, nominal)["phases"]):
-        segment.validate(phase, ("phases", i), epochs, default_family="constant")
+        segment.validate(phase, ("phases", i), epochs, steps_per_epoch, default_family="constant")
 
 
 def _check_effective_lr(raw: Any) -> None:

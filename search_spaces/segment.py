@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces import params
+from search_spaces import params, units
 from search_spaces.errors import SpecError
 from search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
 from search_spaces.families.base import check_value, non_negative, one_of, positive
@@ -47,11 +47,22 @@ EFFECTIVE_LR_FIELD = Field("float", check=positive)
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    name: str = "sgd"
+    """What a segment says of its optimizer. None: not stated (a concrete schedule from a study states all).
+
+    An optimizer phasetune makes fills what is unstated with torch's defaults (SGD, no momentum, no weight decay);
+    a user's optimizer under ``attach`` keeps its own values for what is unstated.
+    """
+
+    name: str | None = None
     momentum: float | None = None
-    nesterov: bool = False
-    weight_decay: float = 0.0
+    nesterov: bool | None = None
+    weight_decay: float | None = None
     keep_state: bool = False
+
+    @property
+    def type_name(self) -> str:
+        """The optimizer type an optimizer phasetune makes for this segment."""
+        return self.name or OPTIMIZER_FIELDS["optimizer"].default
 
 
 def family_of(spec: Mapping[str, Any], loc: tuple, default: str | None) -> type[LRSchedule]:
@@ -82,7 +93,7 @@ def _edges(parsed: params.Param | list[params.Param], corner: int) -> Any:
     return values[min(corner, len(values) - 1)] if isinstance(parsed, params.Range) else values[0]
 
 
-def validate(spec: Any, loc: tuple, epochs: int, default_family: str | None) -> None:
+def validate(spec: Any, loc: tuple, epochs: int, steps_per_epoch: int, default_family: str | None) -> None:
     """Refuse a segment spec that cannot yield a valid schedule, naming the field."""
     if not isinstance(spec, Mapping):
         raise SpecError(loc, "must be an object")
@@ -109,7 +120,7 @@ def validate(spec: Any, loc: tuple, epochs: int, default_family: str | None) -> 
             corner["lr"] = corner.pop(EFFECTIVE_LR) * (1 - momentum[1 - i])
     if WARMUP in spec:
         _validate_warmup(spec[WARMUP], corners, (*loc, WARMUP))
-    horizon = Horizon(total_steps=epochs * 100, steps_per_epoch=100)
+    horizon = Horizon(total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
     for corner in corners:
         try:
             build(family.name, corner, horizon)
@@ -121,6 +132,7 @@ def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any
     """Check every value ``raw`` can take against ``field`` and record its low and high ends in ``corners``."""
     parsed = _parse_field(field, raw, (*loc, key))
     for item_loc, item in _items(parsed, (*loc, key)):
+        units.check(item, key, item_loc)
         for value in params.candidates(item):
             if value is None and field.default is None and not field.required:
                 continue  # an optional field left unset (e.g. cyclic's step_size_down)
@@ -224,14 +236,15 @@ def _sample_increasing(trial: params.TrialLike, name: str, parsed: list[params.P
 
 
 def optimizer_settings(concrete: Mapping[str, Any]) -> OptimizerSettings:
+    weight_decay = concrete.get("weight_decay")
     settings = OptimizerSettings(
-        name=concrete.get("optimizer", "sgd"),
+        name=concrete.get("optimizer"),
         momentum=concrete.get("momentum"),
-        nesterov=bool(concrete.get("nesterov", False)),
-        weight_decay=float(concrete.get("weight_decay", 0.0)),
+        nesterov=concrete.get("nesterov"),
+        weight_decay=None if weight_decay is None else float(weight_decay),
         keep_state=bool(concrete.get("keep_optimizer_state", False)),
     )
-    if settings.nesterov and not (settings.name == "sgd" and settings.momentum):
+    if settings.nesterov and not (settings.type_name == "sgd" and settings.momentum):
         raise SpecError(("nesterov",), "needs optimizer 'sgd' with momentum > 0")
     return settings
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces import params, presets, segment
+from search_spaces import params, presets, segment, units
 from search_spaces.errors import SpecError
 
 PHASES = "phases"
 
 
-def validate(space: Any, epochs: int) -> None:
+def validate(space: Any, epochs: int, steps_per_epoch: int) -> None:
+    """Refuse a space that cannot yield a valid schedule over ``epochs`` epochs of ``steps_per_epoch`` steps (the
+    workload's own: a duration that rounds to zero steps there is refused here, not in a trial)."""
     if isinstance(space, Mapping) and "choices" in space:
         if set(space) != {"choices"}:
             raise SpecError((sorted(set(space) - {"choices"})[0],), "a schedule choice takes only 'choices'")
@@ -26,20 +28,20 @@ def validate(space: Any, epochs: int) -> None:
             if isinstance(option, Mapping) and "choices" in option:
                 raise SpecError(("choices", i), "schedule choices cannot nest")
             try:
-                validate(option, epochs)
+                validate(option, epochs, steps_per_epoch)
             except SpecError as err:
                 raise err.under("choices", i) from None
         return
     if presets.is_preset(space):
-        presets.validate(space, epochs)
+        presets.validate(space, epochs, steps_per_epoch)
         return
     if isinstance(space, Mapping) and space.get("family") == PHASES:
-        _validate_phases(space, epochs)
+        _validate_phases(space, epochs, steps_per_epoch)
         return
-    segment.validate(space, (), epochs, default_family=None)
+    segment.validate(space, (), epochs, steps_per_epoch, default_family=None)
 
 
-def _validate_phases(space: Mapping[str, Any], epochs: int) -> None:
+def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> None:
     extra = set(space) - {"family", "phases", "transition_epochs"}
     if extra:
         raise SpecError((sorted(extra)[0],), "unknown field; 'phases' takes 'phases' and 'transition_epochs'")
@@ -47,7 +49,7 @@ def _validate_phases(space: Mapping[str, Any], epochs: int) -> None:
     if not isinstance(phases, list) or not phases:
         raise SpecError(("phases",), "must be a non-empty list of phases")
     for i, phase in enumerate(phases):
-        segment.validate(phase, ("phases", i), epochs, default_family="constant")
+        segment.validate(phase, ("phases", i), epochs, steps_per_epoch, default_family="constant")
     transitions = space.get("transition_epochs", [])
     if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
         raise SpecError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
@@ -57,6 +59,7 @@ def _validate_phases(space: Mapping[str, Any], epochs: int) -> None:
         parsed = params.parse(raw, loc)
         if isinstance(parsed, params.Choices):
             raise SpecError(loc, "a transition epoch is a number or a range, not choices")
+        units.check(parsed, "transition_epochs", loc)
         low, high = _bounds(parsed, loc)
         if low < 1 or high > epochs - 1:
             raise SpecError(loc, f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got [{low}, {high}]")
@@ -80,6 +83,14 @@ def choice_labels(options: list[Mapping[str, Any]]) -> list[str]:
     """Stable, readable labels for schedule choices: the family name, numbered when a family repeats."""
     names = [str(option.get("family", option.get(presets.PRESET))) for option in options]
     return [name if names.count(name) == 1 else f"{name}{i}" for i, name in enumerate(names)]
+
+
+def check_expandable(space: Mapping[str, Any], epochs: int, units: Mapping[str, float]) -> None:
+    """Refuse a space whose presets cannot expand with the study's probe ``units`` (no regime left to search):
+    a property of the study, not of one sample, so it fails the study before any trial runs."""
+    for option in space["choices"] if "choices" in space else [space]:
+        if presets.is_preset(option):
+            presets.expand(option, epochs, units)
 
 
 def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,

@@ -1,1 +1,1 @@
-"""The phasetune service: FastAPI app, persistence of submissions, CLI."""
+"""The phasetune service: the FastAPI app, the launcher that hands studies to Ray, the CLI."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("completed", "failed", "stopped")
+TERMINAL = ("completed", "failed", "stopped")  # StudyStatus.finished, without importing the workers here
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -28,7 +28,10 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         except httpx.TransportError as err:
             sys.exit(f"phasetune: cannot reach the API at {client.base_url} ({err}); is `phasetune serve` running?")
     if response.status_code >= 400:
-        detail = response.json().get("detail", response.text)
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:  # not JSON (a proxy's error page, a crash): show it as it came
+            detail = response.text
         if isinstance(detail, list):  # validation errors: name each field
             detail = "; ".join(f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in detail)
         sys.exit(f"phasetune: {response.status_code} {detail}")

@@ -1,4 +1,8 @@
-"""phasetune's own table (submissions) beside Optuna's, in the same database. Trials are read through Optuna."""
+"""phasetune's own table beside Optuna's, in the same database: what Optuna cannot hold (probe records).
+
+A study is all Optuna's: its spec, status and creation time are user attrs of the Optuna study, its id is the Optuna
+study id, and its trials are read through Optuna.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,6 @@ from workers.storage import engine_kwargs, open_storage
 
 class Base(DeclarativeBase):
     pass
-
-
-class Submission(Base):
-    """A submitted study: its spec as sent, kept so nothing a user sent is lost, whatever happens to the run."""
-
-    __tablename__ = "phasetune_submissions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(512), unique=True, index=True)
-    spec: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
 
 
 class ProbeRecord(Base):

@@ -8,6 +8,7 @@ import optuna
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
+from service.launcher import Launcher
 from service.settings import Settings
 
 
@@ -23,6 +24,11 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _launcher(request: Request) -> Launcher | None:
+    return request.app.state.launcher
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+LauncherDep = Annotated[Launcher | None, Depends(_launcher)]

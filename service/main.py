@@ -9,8 +9,9 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from search_spaces import SpecError
-from service import studies
+from service import probes, studies
 from service.db import make_engine, migrate
+from service.launcher import Launcher
 from service.routes import health
 from service.routes import probes as probes_routes
 from service.routes import studies as studies_routes
@@ -18,7 +19,9 @@ from service.settings import Settings, get_settings
 from workers.storage import open_storage
 
 
-def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_studies: bool = True) -> FastAPI:
+    """The API over ``settings``' storage. ``run_studies=False`` leaves Ray out entirely: studies are stored and
+    read but nothing launches them (what the fast tests use)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -27,9 +30,12 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         app.state.settings = settings
         app.state.engine = make_engine(settings.storage_url)
         app.state.storage = open_storage(settings.storage_url)
-        if reconcile:
-            studies.reconcile(engine=app.state.engine, storage=app.state.storage, settings=settings)
+        app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
+        if app.state.launcher is not None:
+            app.state.launcher.start()
         yield
+        if app.state.launcher is not None:
+            app.state.launcher.close()
         app.state.engine.dispose()
         app.state.storage.engine.dispose()
 
@@ -54,5 +60,9 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     async def not_found(_: Request, err: studies.StudyNotFound) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_404_NOT_FOUND,
                             content={"detail": f"no study with id {err.args[0]}"})
+
+    @app.exception_handler(probes.ClusterUnavailable)
+    async def no_cluster(_: Request, err: probes.ClusterUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(err)})
 
     return app

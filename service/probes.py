@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -9,14 +10,18 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from search_spaces import SpecError
-from service import ray_cluster
+from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.db import ProbeRecord
+from service.launcher import Launcher
 from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
-from service.settings import Settings
 from workers import probing
+from workers.probing import ProbeKind
 from workers.workloads import resolve as resolve_workload
 
-OPTION_MODELS: dict[str, type[BaseModel]] = {"curvature": CurvatureOptionsIn, "lr_range": LRRangeOptionsIn}
+OPTION_MODELS: dict[ProbeKind, tuple[type[BaseModel], type]] = {
+    ProbeKind.CURVATURE: (CurvatureOptionsIn, CurvatureOptions),
+    ProbeKind.LR_RANGE: (LRRangeOptionsIn, LRRangeOptions),
+}
 TIMEOUT_S = 900  # a probe costs well under an epoch of training; this only guards a stuck cluster (or a GPU wait)
 
 
@@ -24,30 +29,38 @@ class ProbeNotFound(Exception):
     pass
 
 
-def _options(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+class ClusterUnavailable(Exception):
+    """No Ray cluster is connected (yet): a 503, the request may be retried."""
+
+
+def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRangeOptions:
     """The probe's options with defaults filled in; SpecError naming the option if one is bad."""
+    model, options_cls = OPTION_MODELS[kind]
     try:
-        options = OPTION_MODELS[kind].model_validate(raw).model_dump()
+        options = options_cls(**model.model_validate(raw).model_dump())
     except ValidationError as err:
         first = err.errors()[0]
         raise SpecError(("options", *first["loc"]), first["msg"]) from None
-    if kind == "lr_range" and options["lr_low"] >= options["lr_high"]:
-        raise SpecError(("options", "lr_low"), f"must be < lr_high ({options['lr_high']}), got {options['lr_low']}")
+    if isinstance(options, LRRangeOptions) and options.lr_low >= options.lr_high:
+        raise SpecError(("options", "lr_low"), f"must be < lr_high ({options.lr_high}), got {options.lr_low}")
     return options
 
 
-def create(*, engine: Engine, settings: Settings, request: ProbeCreate) -> ProbeOut:
+def create(*, engine: Engine, launcher: Launcher | None, request: ProbeCreate) -> ProbeOut:
     try:
         resolve_workload(request.workload.name, request.workload.params)
     except SpecError as err:
         raise err.under("workload") from None
     options = _options(request.kind, request.options)
+    if launcher is None or not launcher.connected.is_set():
+        raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
     workload = {"name": request.workload.name, "params": request.workload.params}
-    ray_cluster.connect(settings)
-    probes = probing.probe_remote(workload, request.seed, (request.kind,), options, cpus=request.resources.cpu,
-                                  gpus=request.resources.gpu, timeout=TIMEOUT_S)
-    result = {**probes[request.kind], "units": probes["units"], "device": probes["device"]}
-    record = ProbeRecord(kind=request.kind, workload=workload, seed=request.seed, options=options, result=result)
+    by_kind = {"curvature": options} if request.kind is ProbeKind.CURVATURE else {"lr_range": options}
+    probes = probing.probe_remote(workload, request.seed, (request.kind,), cpus=request.resources.cpu,
+                                  gpus=request.resources.gpu, timeout=TIMEOUT_S, **by_kind)  # type: ignore[arg-type]
+    result = {**probes[request.kind.value], "units": probes["units"], "device": probes["device"]}
+    record = ProbeRecord(kind=request.kind.value, workload=workload, seed=request.seed, options=asdict(options),
+                         result=result)
     with Session(engine) as session:
         session.add(record)
         session.commit()
@@ -57,7 +70,7 @@ def create(*, engine: Engine, settings: Settings, request: ProbeCreate) -> Probe
 
 def view(*, engine: Engine, probe_id: int) -> ProbeOut:
     with Session(engine) as session:
-        record = session.get(ProbeRecord, probe_id)
+        record = session.get(ProbeRecord, probe_id) if 0 <= probe_id <= 2**31 - 1 else None
         if record is None:
             raise ProbeNotFound(probe_id)
         return _out(record)

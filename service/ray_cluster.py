@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 
 from service.settings import Settings
-from workers.runner import NAMESPACE
+from workers.driver import NAMESPACE
 
 
 def _port_open(host: str, port: int) -> bool:

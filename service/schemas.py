@@ -1,10 +1,21 @@
-"""Pydantic models of the API edge: the study spec as sent, and what the API returns."""
+"""Pydantic models of the API edge: the JSON shapes a client sends and gets back.
+
+They check shapes and simple bounds (so a 422 names the field); the defaults are the domain's (``workers.spec``,
+``search_spaces.probes``), read from there, so that each default has one owner. ``schedule`` is checked by
+``search_spaces`` (it is recursive), the rest of the meaning by ``StudySpec.parse``.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from search_spaces.probes import CurvatureOptions, LRRangeOptions
+from workers.probing import ProbeKind
+from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
+from workers.spec import Direction, Objective, Resources, SamplerName, SamplerSpec, StudySpec
+from workers.study_attrs import StudyStatus
 
 
 class WorkloadIn(BaseModel):
@@ -16,24 +27,32 @@ class WorkloadIn(BaseModel):
 class ObjectiveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: str
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Direction = Objective.direction
 
 
 class SamplerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["tpe", "random"] = "tpe"
-    seed: int | None = None
-    n_startup_trials: int = Field(5, ge=0)
+    name: SamplerName = SamplerSpec.name
+    seed: int | None = Field(SamplerSpec.seed, ge=0, le=SEED_MAX, description="default: the study's seed")
+    n_startup_trials: int = Field(SamplerSpec.n_startup_trials, ge=0)
 
 
 class ResourcesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cpu: float = Field(1, gt=0)
-    gpu: float = Field(0, ge=0)
+    cpu: float = Field(Resources.cpu, gt=0)
+    gpu: float = Field(Resources.gpu, ge=0)
+
+
+class SeedPolicyIn(BaseModel):
+    """Which seeds vary per trial. The data always come from the study's seed."""
+
+    model_config = ConfigDict(extra="forbid")
+    init: SeedScope = Field(SeedPolicy.init, description="initial weights: the study's seed, or each trial's own")
+    batch_order: SeedScope = Field(SeedPolicy.batch_order, description="batch order: the study's seed, or the trial's")
 
 
 class StudyCreate(BaseModel):
-    """The public study spec (see README). ``schedule`` is checked by ``search_spaces`` (it is recursive)."""
+    """The public study spec (see README)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -42,9 +61,12 @@ class StudyCreate(BaseModel):
     objective: ObjectiveIn
     schedule: dict[str, Any]
     n_trials: int = Field(ge=1, le=100_000)
-    max_concurrent_trials: int = Field(1, ge=1)
+    max_concurrent_trials: int = Field(StudySpec.max_concurrent_trials, ge=1)
     sampler: SamplerIn = Field(default_factory=SamplerIn)
     resources_per_trial: ResourcesIn = Field(default_factory=ResourcesIn)
+    seed: int = Field(StudySpec.seed, ge=0, le=SEED_MAX,
+                      description="the study's seed: data, initial weights, batch order (see seed_policy), sampler")
+    seed_policy: SeedPolicyIn = Field(default_factory=SeedPolicyIn)
 
 
 class TrialOut(BaseModel):
@@ -58,11 +80,11 @@ class TrialOut(BaseModel):
 
 
 class StudyOut(BaseModel):
-    id: int
+    id: int  # the Optuna study id, the same the Optuna dashboard shows
     name: str
-    status: str
+    status: StudyStatus
     spec: dict[str, Any]
-    created_at: str
+    created_at: str | None
     n_trials: int
     trial_counts: dict[str, int]
     best_trial: TrialOut | None
@@ -72,27 +94,27 @@ class StudyOut(BaseModel):
 
 class CurvatureOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    probe_batch: int = Field(256, ge=1, description="examples in the fixed probe batch")
-    iters: int = Field(50, ge=1, description="maximum G-vector products (Lanczos steps)")
-    tol: float = Field(1e-3, gt=0, description="stop once |dλ|/λ < tol")
-    mode: Literal["train", "eval"] = "train"
+    probe_batch: int = Field(CurvatureOptions.probe_batch, ge=1, description="examples in the fixed probe batch")
+    iters: int = Field(CurvatureOptions.iters, ge=1, description="maximum G-vector products (Lanczos steps)")
+    tol: float = Field(CurvatureOptions.tol, gt=0, description="stop once |dλ|/λ < tol")
+    mode: Literal["train", "eval"] = CurvatureOptions.mode  # type: ignore[assignment]
 
 
 class LRRangeOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    lr_low: float = Field(1e-7, gt=0)
-    lr_high: float = Field(10.0, gt=0)
-    steps: int = Field(100, ge=2, le=100_000)
-    batch_size: int | None = Field(None, ge=1, description="default: the workload's batch size")
+    lr_low: float = Field(LRRangeOptions.lr_low, gt=0)
+    lr_high: float = Field(LRRangeOptions.lr_high, gt=0)
+    steps: int = Field(LRRangeOptions.steps, ge=2, le=100_000)
+    batch_size: int | None = Field(LRRangeOptions.batch_size, ge=1, description="default: the workload's")
 
 
 class ProbeCreate(BaseModel):
     """``POST /probes``: run one probe on a workload built as a study's trials would build it (same seed)."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["curvature", "lr_range"]
+    kind: ProbeKind
     workload: WorkloadIn
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     options: dict[str, Any] = Field(default_factory=dict, description="CurvatureOptionsIn or LRRangeOptionsIn")
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
 

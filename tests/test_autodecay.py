@@ -76,12 +76,13 @@ def test_noisy_loss_never_stable_keeps_going() -> None:
 
 
 def test_plan_feeds_autodecay_and_resumes_from_state() -> None:
-    plan = build_plan({"family": "autodecay", "lr": 0.1, "beta": 0.0, "window": 2, "tolerance": 0.05, "gamma": 0.1}, 20, 4)
+    schedule = {"family": "autodecay", "lr": 0.1, "beta": 0.0, "window": 2, "tolerance": 0.05, "gamma": 0.1}
+    plan = build_plan(schedule, 20, 4)
     for epoch, loss in enumerate([1.0, 0.5, 0.49]):
         assert plan.observe(epoch, loss)
     assert plan(12).lr == pytest.approx(0.01)
     state = plan.phases[0].schedule.state_dict()
-    fresh = build_plan({"family": "autodecay", "lr": 0.1, "beta": 0.0, "window": 2, "tolerance": 0.05, "gamma": 0.1}, 20, 4)
+    fresh = build_plan(schedule, 20, 4)
     fresh.phases[0].schedule.load_state_dict(state)
     assert [fresh.observe(e, v) for e, v in ((3, 0.48), (4, 0.475))] == [True, False]
     assert fresh.extra_attrs()["autodecay_stopped_epoch"] == 4
@@ -109,6 +110,6 @@ def test_edma_monte_carlo_claim_c14() -> None:
         for epoch, loss in enumerate(row):
             sched.observe(epoch, float(loss))
         f_row = 0.0
-        for t, loss in enumerate(row, start=1):
+        for loss in row:
             f_row = beta * f_row + (1 - beta) * loss
         assert sched.history[-1] == pytest.approx(f_row / (1 - beta**steps), rel=1e-12)

@@ -349,7 +349,8 @@ class Cluster:
             if study["status"] in TERMINAL:
                 return study
             for role, proc in self.procs.procs.items():
-                assert role in self.killed or proc.poll() is None, f"{role} died during the study:\n{self.procs.log(role)}"
+                assert role in self.killed or proc.poll() is None, (
+                    f"{role} died during the study:\n{self.procs.log(role)}")
             assert time.monotonic() < deadline, f"study not done after {timeout}s: {study}\n{self.procs.logs()}"
             time.sleep(2)
 

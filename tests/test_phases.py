@@ -19,7 +19,7 @@ PHASES = {
 
 
 def test_n_phase_space_samples_ordered_boundaries():
-    validate_schedule(PHASES, 12)
+    validate_schedule(PHASES, 12, 10)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(40):
         trial = study.ask()
@@ -53,7 +53,7 @@ def test_n_phase_space_samples_ordered_boundaries():
 ])
 def test_invalid_spaces_name_the_field(space, loc):
     with pytest.raises(SpecError) as err:
-        validate_schedule(space, 12)
+        validate_schedule(space, 12, 10)
     assert err.value.loc == loc
 
 
@@ -62,7 +62,7 @@ def test_choices_are_conditional():
         {"family": "constant", "lr": {"low": 0.01, "high": 0.1}},
         {"family": "phases", "phases": [{"lr": 0.5}, {"lr": {"low": 0.001, "high": 0.01}}], "transition_epochs": [2]},
     ]}
-    validate_schedule(space, 4)
+    validate_schedule(space, 4, 10)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(20):

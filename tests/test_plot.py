@@ -42,3 +42,13 @@ def test_png_is_attached_to_a_trial(tmp_path: Path) -> None:
     (meta,) = optuna.artifacts.get_all_artifact_meta(trial)
     assert meta.artifact_id == artifact_id and meta.mimetype == "image/png"
     assert (tmp_path / artifact_id).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_long_schedules_picture_costs_what_a_short_ones_does() -> None:
+    """100,000 epochs are drawn from MAX_POINTS steps (plus the phases' edges), not from 3.2 million."""
+    from search_spaces.plot import MAX_POINTS, _series
+
+    data = _series(PHASES | {"transition_epochs": [30_000]}, 100_000, 32)
+    assert MAX_POINTS <= len(data["lr"]) <= MAX_POINTS + 4
+    assert data["epoch"][0] == 0 and data["epoch"][-1] == (100_000 * 32 - 1) / 32
+    assert 30_000.0 in data["epoch"] and data["lr"][data["epoch"].index(30_000.0)] == 0.01  # phase 2's first step

@@ -74,7 +74,7 @@ def _study() -> optuna.Study:
 @pytest.mark.parametrize("family", sorted(SPACES))
 def test_family_is_searchable_alone(family: str) -> None:
     space = SPACES[family]
-    validate_schedule(space, EPOCHS)
+    validate_schedule(space, EPOCHS, SPE)
     study = _study()
     for _ in range(6):
         trial = study.ask()
@@ -91,7 +91,7 @@ def test_family_is_searchable_alone(family: str) -> None:
 
 def test_choices_params_appear_only_in_trials_that_chose_them() -> None:
     space = {"choices": [SPACES["cosine"], SPACES["onecycle"], SPACES["autodecay"]]}
-    validate_schedule(space, EPOCHS)
+    validate_schedule(space, EPOCHS, SPE)
     study = _study()
     chosen = set()
     for _ in range(15):
@@ -111,7 +111,7 @@ def test_phases_with_a_cosine_phase() -> None:
              "phases": [{"effective_lr": {"low": 0.5, "high": 2.0, "log": True},
                          "momentum": {"choices": [0.0, 0.5, 0.9]}},
                         {"family": "cosine", "lr": {"low": 1e-3, "high": 1e-2, "log": True}, "momentum": 0.98}]}
-    validate_schedule(space, EPOCHS)
+    validate_schedule(space, EPOCHS, SPE)
     study = _study()
     for _ in range(5):
         trial = study.ask()
@@ -129,13 +129,13 @@ def test_phases_with_a_cosine_phase() -> None:
 
 def test_effective_lr_is_recorded_and_gives_lr() -> None:
     space = {"family": "cosine", "effective_lr": {"low": 0.1, "high": 1.0}, "momentum": {"low": 0.0, "high": 0.95}}
-    validate_schedule(space, EPOCHS)
+    validate_schedule(space, EPOCHS, SPE)
     study = _study()
     for _ in range(5):
         concrete = sample_schedule(study.ask(), space, EPOCHS)
         assert concrete["lr"] == pytest.approx(concrete["effective_lr"] * (1 - concrete["momentum"]))
         assert trace(json.loads(json.dumps(concrete)), EPOCHS, SPE)["lr"][0] == pytest.approx(concrete["lr"])
-        validate_schedule(concrete, EPOCHS)  # the recorded pair agrees
+        validate_schedule(concrete, EPOCHS, SPE)  # the recorded pair agrees
     without_lr = {"family": "step", "effective_lr": 1.0, "momentum": 0.9, "step_size": 2}
     assert trace(without_lr, 4, 2)["lr"][0] == pytest.approx(0.1)
 
@@ -143,7 +143,7 @@ def test_effective_lr_is_recorded_and_gives_lr() -> None:
 def test_list_fields_are_sampled_increasing() -> None:
     # Overlapping ranges: each draw starts after the previous one (the ends must still increase).
     space = {"family": "multistep", "lr": 0.1, "milestones": [{"low": 2.0, "high": 8.0}, {"low": 2.5, "high": 9.0}]}
-    validate_schedule(space, EPOCHS)
+    validate_schedule(space, EPOCHS, SPE)
     study = _study()
     for _ in range(20):
         concrete = sample_schedule(study.ask(), space, EPOCHS)
@@ -196,8 +196,45 @@ INVALID = [
                                                           for s, loc in INVALID])
 def test_invalid_spec_names_the_field(space: dict, loc: tuple) -> None:
     with pytest.raises(SpecError) as err:
-        validate_schedule(space, EPOCHS)
+        validate_schedule(space, EPOCHS, SPE)
     assert err.value.loc[: len(loc)] == loc, err.value
+
+
+UNIT_ERRORS = [
+    # A unit is the model's own LR scale: an unknown one, or one on anything but a learning rate, is refused here.
+    ({"family": "constant", "lr": {"low": 0.1, "high": 0.5, "unit": "furlongs"}}, ("lr", "unit")),
+    ({"family": "constant", "lr": 0.1, "momentum": {"low": 0.1, "high": 0.5, "unit": "lr_crit"}},
+     ("momentum", "unit")),
+    ({"family": "step", "lr": 0.1, "step_size": {"low": 1, "high": 2, "unit": "lr_crit"}}, ("step_size", "unit")),
+    ({"family": "multistep", "lr": 0.1, "milestones": [2, {"low": 3, "high": 4, "unit": "lr_div"}]},
+     ("milestones", 1, "unit")),
+    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": {"low": 1, "high": 2, "unit": "lr_crit"}}},
+     ("warmup", "epochs", "unit")),
+    ({"family": "phases", "phases": [{"lr": 0.5}, {"lr": 0.1}],
+      "transition_epochs": [{"low": 2, "high": 5, "unit": "lr_crit"}]}, ("transition_epochs", 0, "unit")),
+]
+
+
+@pytest.mark.parametrize(("space", "loc"), UNIT_ERRORS, ids=[".".join(map(str, loc)) for _, loc in UNIT_ERRORS])
+def test_units_are_checked_by_the_schedule_space(space: dict, loc: tuple) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_schedule(space, EPOCHS, SPE)
+    assert err.value.loc == loc, err.value
+    validate_schedule({"family": "cosine", "lr": {"low": 1, "high": 3, "unit": "lr_crit"},
+                       "eta_min": {"low": 0.0, "high": 0.1, "unit": "lr_div"}}, EPOCHS, SPE)
+
+
+def test_durations_are_checked_at_the_workloads_resolution() -> None:
+    """0.1 epochs is one step at 10 steps per epoch and none at 4: refused up front, not in a trial."""
+    space = {"family": "step", "lr": 0.1, "step_size": 0.1}
+    validate_schedule(space, EPOCHS, 10)
+    with pytest.raises(SpecError) as err:
+        validate_schedule(space, EPOCHS, 4)
+    assert err.value.loc == ("step_size",)
+    warm = {"family": "cosine", "lr": 0.1, "warmup": {"epochs": {"low": 0.1, "high": 1.0}}}
+    with pytest.raises(SpecError) as err:
+        validate_schedule(warm, EPOCHS, 4)
+    assert err.value.loc == ("warmup", "epochs")
 
 
 def test_concrete_schedules_are_checked_too() -> None:
@@ -253,6 +290,6 @@ def test_json_round_trip_of_concrete_schedules(family: str) -> None:
     again = json.loads(json.dumps(concrete))
     assert again == concrete
     assert trace(again, EPOCHS, SPE) == trace(concrete, EPOCHS, SPE)
-    validate_schedule(again, EPOCHS)  # a concrete schedule is also a (degenerate) space
+    validate_schedule(again, EPOCHS, SPE)  # a concrete schedule is also a (degenerate) space
     plan = build_plan(again, EPOCHS, SPE)
     assert plan.total_steps == EPOCHS * SPE

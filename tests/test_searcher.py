@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 from service.db import migrate
 from workers import study_attrs
 from workers.handle import StudyHandle
-from workers.runner import sweep_stale_trials
+from workers.optuna_study import sweep_stale_trials
 from workers.searcher import OptunaStudySearcher
 
 SPEC = {
@@ -29,6 +29,12 @@ def handle(storage_url):
     study = optuna.create_study(study_name="searcher", storage=storage_url)
     study.set_user_attr(study_attrs.SPEC, SPEC)
     return StudyHandle(storage_url, "searcher")
+
+
+def _handle_for(storage_url: str, name: str, **overrides) -> StudyHandle:
+    study = optuna.create_study(study_name=name, storage=storage_url)
+    study.set_user_attr(study_attrs.SPEC, {**SPEC, "name": name, **overrides})
+    return StudyHandle(storage_url, name)
 
 
 def _result(epoch: int, value: float, done: bool = False) -> dict:
@@ -99,7 +105,7 @@ def test_stop_flag_in_storage_reaches_the_driver(handle):
 def test_the_handle_pickles_as_its_address(handle):
     import pickle
 
-    handle.study  # open the storage: engines and locks must not travel
+    assert handle.study is not None  # open the storage: engines and locks must not travel
     copy = pickle.loads(pickle.dumps(OptunaStudySearcher(handle)))
     assert copy._handle.storage_url == handle.storage_url and copy.remaining() == 3
 
@@ -110,9 +116,58 @@ def test_each_trial_carries_its_schedule_plot(handle, tmp_path):
     study = optuna.load_study(study_name="searcher", storage=handle.storage_url)
     study.set_user_attr(study_attrs.ARTIFACT_DIR, str(tmp_path / "artifacts"))
     searcher = OptunaStudySearcher(StudyHandle(handle.storage_url, "searcher"))
-    searcher.suggest("t0")
+    searcher.suggest("t0")  # drawn on a background thread ...
+    searcher.on_trial_complete("t0", _result(2, 0.5, done=True))  # ... and attached before the trial ends
     trial = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0]
+    assert trial.state.name == "COMPLETE"
     (meta,) = get_all_artifact_meta(trial, storage=handle.storage)
     assert meta.mimetype == "image/png"
     png = tmp_path / "artifacts" / meta.artifact_id
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_invalid_sample_fails_its_trial_not_the_study(storage_url):
+    """eta_min <= lr is a cross-field rule the space's corners pass; samples that break it end FAIL, named."""
+    migrate(storage_url)
+    cosine = {"family": "cosine", "lr": {"low": 0.01, "high": 1.0, "log": True}, "eta_min": {"low": 0.0, "high": 0.1}}
+    handle = _handle_for(storage_url, "cosine", schedule=cosine, n_trials=12)
+    searcher = OptunaStudySearcher(handle)
+    started = []
+    while (config := searcher.suggest(f"t{len(started)}")) != Searcher.FINISHED:
+        started.append(config)
+        searcher.on_trial_complete(f"t{len(started) - 1}", _result(2, 0.5, done=True))
+    trials = optuna.load_study(study_name="cosine", storage=storage_url).trials
+    assert len(trials) == 12  # the whole budget was used
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and len(started) == 12 - len(failed)  # with this seed some samples break the rule
+    for trial in failed:
+        assert trial.params["eta_min"] > trial.params["lr"]
+        assert "eta_min" in trial.user_attrs["fail_reason"] and "lr" in trial.user_attrs["fail_reason"]
+    assert all(c["schedule"]["eta_min"] <= c["schedule"]["lr"] for c in started)
+
+
+def test_a_trials_own_error_ends_it_fail_with_the_reason(handle):
+    searcher = OptunaStudySearcher(handle)
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", _result(0, 1.0))
+    searcher.on_trial_complete("t0", {"trial_error": "RuntimeError: boom", "done": True})
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", None, error=True)  # its node died and Tune's retries ran out
+    first, second = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials
+    assert first.state.name == "FAIL" and first.user_attrs["fail_reason"] == "RuntimeError: boom"
+    assert first.intermediate_values == {0: 1.0}
+    assert second.state.name == "FAIL" and "lost" in second.user_attrs["fail_reason"]
+
+
+def test_trials_share_the_studys_seeds_unless_asked_otherwise(storage_url):
+    migrate(storage_url)
+    shared = OptunaStudySearcher(_handle_for(storage_url, "shared", seed=7))
+    configs = [shared.suggest(f"t{i}") for i in range(3)]
+    assert [c["seeds"] for c in configs] == [{"data": 7, "init": 7, "batch_order": 7}] * 3
+    per_trial = OptunaStudySearcher(_handle_for(storage_url, "robust", seed=7,
+                                                seed_policy={"init": "trial", "batch_order": "study"}))
+    configs = [per_trial.suggest(f"t{i}") for i in range(3)]
+    assert {c["seeds"]["data"] for c in configs} == {7} and {c["seeds"]["batch_order"] for c in configs} == {7}
+    assert len({c["seeds"]["init"] for c in configs}) == 3
+    trials = optuna.load_study(study_name="robust", storage=storage_url).trials
+    assert [t.user_attrs["seeds"] for t in trials] == [c["seeds"] for c in configs]

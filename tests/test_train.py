@@ -1,4 +1,4 @@
-"""The training loop: the optimizer uses what the plan says, phases get fresh optimizers, divergence ends a run."""
+"""The training loop: the optimizer uses what the plan says, divergence ends a run (phase boundaries: test_phased)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from search_spaces import build_plan, trace
-from workers.train import realised_momentum, train
+from search_spaces.phased import realised_momentum
+from workers.train import train
 from workers.workloads import build_workload
 
 TWO_PHASE = {
@@ -24,7 +25,7 @@ TWO_PHASE = {
 def test_realised_lr_and_momentum_follow_the_plan():
     workload = build_workload("digits", {}, seed=0)
     plan = build_plan(TWO_PHASE, 4, workload.steps_per_epoch)
-    history = train(workload, plan, 4, seed=0)
+    history = train(workload, plan, 4, order_seed=0)
     assert [h["lr"] for h in history] == pytest.approx([0.3, 0.3, 0.01, 0.01])
     assert [h["momentum"] for h in history] == pytest.approx([0.0, 0.0, 0.95, 0.95])
     assert [h["phase"] for h in history] == [0, 0, 1, 1]
@@ -33,33 +34,6 @@ def test_realised_lr_and_momentum_follow_the_plan():
     spe = workload.steps_per_epoch
     assert [traced["lr"][e * spe] for e in range(4)] == pytest.approx([h["lr"] for h in history])
     assert history[-1]["val_accuracy"] > 0.8
-
-
-class _Recorder(torch.optim.SGD):
-    """An SGD that remembers every instance created, to see the loop's optimizer at each phase."""
-
-    instances: list[torch.optim.Optimizer] = []
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _Recorder.instances.append(self)
-
-
-@pytest.mark.parametrize("keep_state", [False, True])
-def test_phase_boundary_resets_momentum_unless_kept(monkeypatch, keep_state):
-    import workers.train as loop
-
-    _Recorder.instances = []
-    monkeypatch.setattr(loop.torch.optim, "SGD", _Recorder)
-    schedule = {
-        "family": "phases",
-        "phases": [{"lr": 0.1, "momentum": 0.9}, {"lr": 0.01, "momentum": 0.9, "keep_optimizer_state": keep_state}],
-        "transition_epochs": [1],
-    }
-    workload = build_workload("quadratic", {"steps_per_epoch": 3}, seed=0)
-    train(workload, build_plan(schedule, 2, workload.steps_per_epoch), 2)
-    # A fresh optimizer (empty momentum buffer) per phase by default; one optimizer throughout when kept.
-    assert len(_Recorder.instances) == (1 if keep_state else 2)
 
 
 def test_adam_phase_drives_beta1():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from search_spaces.errors import SpecError
-from workers.workloads import WORKLOADS, Workload, build_workload, resolve
+from workers.seeding import Seeds
+from workers.workloads import WORKLOADS, Workload, build_workload, resolve, steps_per_epoch
 from workers.workloads.base import LOSS_KINDS
 
 # Small params keep every test well under a second; defaults are exercised in the training tests.
@@ -71,6 +72,27 @@ def test_deterministic_from_seed(name: str) -> None:
         assert torch.equal(a[key], b[key]), key
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("model."))
     assert any(not torch.equal(a[k], c[k]) for k in a if not k.startswith("model."))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_data_and_initial_weights_have_seeds_of_their_own(name: str) -> None:
+    """A per-trial init (the robustness seed policy) moves the trained weights only; the data stay the study's."""
+    base = _tensors(build_workload(name, SMALL[name], Seeds(3, 3, 3)))
+    new_init = _tensors(build_workload(name, SMALL[name], Seeds(3, 9, 3)))
+    new_data = _tensors(build_workload(name, SMALL[name], Seeds(9, 3, 3)))
+    data = [k for k in base if not k.startswith("model.")]
+    assert all(torch.equal(base[k], new_init[k]) for k in data)
+    assert any(not torch.equal(base[k], new_init[k]) for k in base if k.startswith("model."))
+    assert any(not torch.equal(base[k], new_data[k]) for k in data)
+    # Seeds.shared(s) is what an int seed means.
+    shared = _tensors(build_workload(name, SMALL[name], 3))
+    assert all(torch.equal(base[k], shared[k]) for k in base)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_per_epoch_come_from_the_params_alone(name: str) -> None:
+    for params in (SMALL[name], {}, {"batch_size": 7} if name != "quadratic" else {"steps_per_epoch": 7}):
+        assert steps_per_epoch(name, params) == build_workload(name, params, 0).steps_per_epoch
 
 
 @pytest.mark.parametrize("name", NAMES)

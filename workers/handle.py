@@ -8,6 +8,7 @@ address travels.
 from __future__ import annotations
 
 import threading
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from workers import study_attrs
+from workers import optuna_study, study_attrs
+from workers.spec import StudySpec
 from workers.storage import open_storage
-from workers.study_attrs import StudySpec
+
+STOP_POLL_S = 1.0  # how often the stop flag is read from the storage (Tune asks many times a second)
 
 
 class StudyHandle:
@@ -25,6 +28,7 @@ class StudyHandle:
         self.storage_url = storage_url
         self.study_name = study_name
         self.stop_requested = threading.Event()
+        self._stop_read_at = -float("inf")
 
     @cached_property
     def storage(self) -> optuna.storages.RDBStorage:
@@ -32,23 +36,12 @@ class StudyHandle:
 
     @cached_property
     def spec(self) -> StudySpec:
-        summary = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        return StudySpec(summary.user_attrs[study_attrs.SPEC])
+        study_id = self.storage.get_study_id_from_name(self.study_name)
+        return StudySpec.parse(self.storage.get_study_user_attrs(study_id)[study_attrs.SPEC])
 
     @cached_property
     def study(self) -> optuna.Study:
-        from workers.runner import make_sampler
-
-        return optuna.load_study(study_name=self.study_name, storage=self.storage,
-                                 sampler=make_sampler(self.spec.sampler))
-
-    @cached_property
-    def steps_per_epoch(self) -> int:
-        """The workload's optimizer steps per epoch (to draw a trial's schedule as it will run)."""
-        from workers.workloads import build_workload
-
-        workload = self.spec.workload
-        return build_workload(workload["name"], workload.get("params"), self.spec.seed).steps_per_epoch
+        return optuna_study.load_study(self.storage, self.spec)
 
     @cached_property
     def artifact_store(self) -> FileSystemArtifactStore | None:
@@ -59,10 +52,16 @@ class StudyHandle:
         return FileSystemArtifactStore(directory)
 
     def refresh_stop_flag(self) -> bool:
-        """True once a stop was requested here or (by any process) in the storage."""
-        if not self.stop_requested.is_set() and self.study.user_attrs.get(study_attrs.STOP_REQUESTED):
-            self.stop_requested.set()
+        """True once a stop was requested here or (by any process) in the storage, read at most every second."""
+        now = time.monotonic()
+        if not self.stop_requested.is_set() and now - self._stop_read_at >= STOP_POLL_S:
+            self._stop_read_at = now
+            if self.study.user_attrs.get(study_attrs.STOP_REQUESTED):
+                self.stop_requested.set()
         return self.stop_requested.is_set()
+
+    def set_status(self, status: study_attrs.StudyStatus) -> None:
+        self.study.set_user_attr(study_attrs.STATUS, status.value)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"storage_url": self.storage_url, "study_name": self.study_name}

@@ -1,54 +1,153 @@
 """A thin Ray Tune ``Searcher`` over an Optuna study in RDB storage: the database holds all searcher state.
 
-``suggest`` asks Optuna for a trial and samples a concrete schedule from the study's space (define-by-run);
-``on_trial_result`` writes the epoch's objective as an intermediate value and the realised lr/momentum as user attrs;
-``on_trial_complete`` tells Optuna the outcome. Nothing is swallowed: a failed ``tell`` raises.
+``suggest`` asks Optuna for a trial and samples a concrete schedule from the study's space (define-by-run); a
+sample that breaks a cross-field rule (``eta_min`` above the sampled ``lr``) ends that trial FAIL with the rule's
+fields in its ``fail_reason``, and the search goes on. ``on_trial_result`` writes the epoch's objective as an
+intermediate value and the realised lr/momentum as user attrs; ``on_trial_complete`` tells Optuna the outcome
+(``optuna_study.trial_end``). Each trial's schedule plot is drawn and attached on a background thread, off the
+path that starts trials. Nothing is swallowed: a failed ``tell`` raises.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from typing import Any
 
 import optuna
 from ray.tune.search import Searcher
 
-from search_spaces import sample_schedule
+from search_spaces import SpecError, build_plan, sample_schedule
 from search_spaces.plot import upload_schedule_png
-from workers import study_attrs
+from workers import optuna_study, study_attrs
 from workers.handle import StudyHandle
+from workers.optuna_study import TrialEnd, TrialOutcome
+from workers.spec import Direction, StudySpec
 
 TrialState = optuna.trial.TrialState
+logger = logging.getLogger(__name__)
 
 
 class OptunaStudySearcher(Searcher):
     def __init__(self, handle: StudyHandle, units: dict[str, float] | None = None) -> None:
-        super().__init__(metric=handle.spec.metric, mode="max" if handle.spec.direction == "maximize" else "min")
+        super().__init__(metric=handle.spec.objective.metric,
+                         mode="max" if handle.spec.objective.direction is Direction.MAXIMIZE else "min")
         self._handle = handle
         self._units = units or {}
         self._trials: dict[str, optuna.Trial] = {}
         self._history: dict[str, list[dict[str, Any]]] = {}
+        self._plots: dict[str, Future[Any]] = {}
 
     @property
     def _study(self) -> optuna.Study:
         return self._handle.study
 
     @property
-    def _storage(self) -> optuna.storages.BaseStorage:
-        return self._handle.storage
-
-    @property
-    def _spec(self) -> study_attrs.StudySpec:
+    def _spec(self) -> StudySpec:
         return self._handle.spec
+
+    @cached_property
+    def _plotter(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedule-plot")
+
+    def remaining(self) -> int:
+        """Trials still to run: the budget minus finished trials, except those the sweeper failed (crash victims)."""
+        finished = [
+            t for t in self._study.get_trials(deepcopy=False,
+                                              states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+            if not t.user_attrs.get(study_attrs.SWEPT)
+        ]
+        return self._spec.n_trials - len(finished) - len(self._trials)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        while not self._handle.stop_requested.is_set() and self.remaining() > 0:
+            trial = self._study.ask()
+            try:
+                schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
+                build_plan(schedule, self._spec.epochs, self._spec.steps_per_epoch)  # as the trial will
+            except SpecError as err:  # this sample breaks a rule of its family: this trial fails, the study not
+                optuna_study.tell(self._study, trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
+                continue
+            return self._start(trial_id, trial, schedule)
+        return Searcher.FINISHED
+
+    def _start(self, trial_id: str, trial: optuna.Trial, schedule: dict[str, Any]) -> dict[str, Any]:
+        seeds = self._spec.trial_seeds(trial.number)
+        trial.set_user_attr(study_attrs.SCHEDULE, schedule)
+        trial.set_user_attr(study_attrs.SEEDS, seeds.as_attrs())
+        trial.set_user_attr("ray_trial_id", trial_id)
+        if self._units:  # params hold unit values, the schedule absolute LRs: keep the scale beside them
+            trial.set_user_attr("lr_units", self._units)
+        if self._handle.artifact_store is not None:
+            # Drawn off this thread; attached while the trial runs (a finished trial's attrs cannot change).
+            self._plots[trial_id] = self._plotter.submit(
+                upload_schedule_png, trial, schedule, self._spec.epochs, self._spec.steps_per_epoch,
+                self._handle.artifact_store)
+        self._trials[trial_id] = trial
+        self._history[trial_id] = []
+        return {
+            "optuna_trial_number": trial.number,
+            "schedule": schedule,
+            "workload": {"name": self._spec.workload.name, "params": dict(self._spec.workload.params)},
+            "epochs": self._spec.epochs,
+            "seeds": seeds.as_attrs(),
+            "cpus": self._spec.resources_per_trial.cpu,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = self._trials[trial_id]
+        if optuna_study.TRIAL_ERROR in result:
+            return  # not an epoch: the trial's error, which on_trial_complete records
+        epoch = int(result["epoch"])
+        # A retried trial starts again at epoch 0: its curve restarts rather than mixing two runs.
+        history = self._history[trial_id][:epoch]
+        history.append({k: result.get(k) for k in study_attrs.EPOCH_METRICS if k in result})
+        self._history[trial_id] = history
+        value = result.get(self._spec.objective.metric)
+        if value is not None and math.isfinite(value):
+            optuna_study.set_intermediate_value(self._study, trial, epoch, float(value))
+        attrs = {
+            "metrics": history,
+            "realized_lr": [h["lr"] for h in history],
+            "realized_momentum": [h["momentum"] for h in history],
+            **json.loads(result.get("schedule_attrs") or "{}"),
+        }
+        if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
+            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device")})
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id not in self._trials:
+            return
+        epoch_result = result and "epoch" in result and optuna_study.TRIAL_ERROR not in result
+        if epoch_result and len(self._history[trial_id]) <= int(result["epoch"]):  # type: ignore[index]
+            self.on_trial_result(trial_id, result)  # type: ignore[arg-type]  # Tune hands the last result only here
+        end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.stop_requested.is_set(),
+                                     metric=self._spec.objective.metric)
+        self._finish(trial_id, end)
 
     def close_open_trials(self) -> None:
         """End the trials Tune never completed (a stop ends the experiment without completing them)."""
-        state = TrialState.PRUNED if self._handle.stop_requested.is_set() else TrialState.FAIL
+        outcome = TrialOutcome.PRUNED if self._handle.stop_requested.is_set() else TrialOutcome.FAIL
+        reason = None if outcome is TrialOutcome.PRUNED else "the Tune run ended without completing it"
         for trial_id in list(self._trials):
-            trial = self._trials.pop(trial_id)
-            self._history.pop(trial_id, None)
-            self._study.tell(trial, state=state)
+            self._finish(trial_id, TrialEnd(outcome, reason=reason))
+
+    def _finish(self, trial_id: str, end: TrialEnd) -> None:
+        trial = self._trials.pop(trial_id)
+        self._history.pop(trial_id, None)
+        plot = self._plots.pop(trial_id, None)
+        if plot is not None:
+            try:
+                plot.result()
+            except Exception as err:  # noqa: BLE001  (a missing picture is no reason to lose a trial's result)
+                logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
+                trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
+        optuna_study.tell(self._study, trial, end)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds the searcher's whole state."""
@@ -61,75 +160,3 @@ class OptunaStudySearcher(Searcher):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["handle"], state["units"])  # type: ignore[misc]
-
-    def remaining(self) -> int:
-        """Trials still to run: the budget minus finished trials, except those the sweeper failed (crash victims)."""
-        finished = [
-            t for t in self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-            if not t.user_attrs.get(study_attrs.SWEPT)
-        ]
-        return self._spec.n_trials - len(finished) - len(self._trials)
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self._handle.stop_requested.is_set() or self.remaining() <= 0:
-            return Searcher.FINISHED
-        trial = self._study.ask()
-        schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
-        trial.set_user_attr("schedule", schedule)
-        trial.set_user_attr("ray_trial_id", trial_id)
-        if self._units:  # params hold unit values, the schedule absolute LRs: keep the scale beside them
-            trial.set_user_attr("lr_units", self._units)
-        if self._handle.artifact_store is not None:
-            # Attached while the trial runs: a finished trial's attrs cannot change.
-            upload_schedule_png(trial, schedule, self._spec.epochs, self._handle.steps_per_epoch,
-                                self._handle.artifact_store)
-        self._trials[trial_id] = trial
-        self._history[trial_id] = []
-        return {
-            "optuna_trial_number": trial.number,
-            "schedule": schedule,
-            "workload": self._spec.workload,
-            "epochs": self._spec.epochs,
-            "seed": self._spec.seed + trial.number,
-            "cpus": self._spec.cpus,
-        }
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        trial = self._trials[trial_id]
-        epoch = int(result["epoch"])
-        # A retried trial starts again at epoch 0: its curve restarts rather than mixing two runs.
-        history = self._history[trial_id][:epoch]
-        history.append({k: result.get(k) for k in study_attrs.EPOCH_METRICS if k in result})
-        self._history[trial_id] = history
-        value = result.get(self._spec.metric)
-        if value is not None and math.isfinite(value):
-            self._storage.set_trial_intermediate_value(trial._trial_id, epoch, float(value))
-        attrs = {
-            "metrics": history,
-            "realized_lr": [h["lr"] for h in history],
-            "realized_momentum": [h["momentum"] for h in history],
-            **json.loads(result.get("schedule_attrs") or "{}"),
-        }
-        if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
-            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device")})
-        for key, attr in attrs.items():
-            self._storage.set_trial_user_attr(trial._trial_id, key, attr)
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id not in self._trials:
-            return
-        if result and "epoch" in result and len(self._history[trial_id]) <= int(result["epoch"]):
-            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
-        trial = self._trials.pop(trial_id)
-        self._history.pop(trial_id, None)
-        value = (result or {}).get(self._spec.metric)
-        finished = bool((result or {}).get("done"))
-        if error:
-            self._study.tell(trial, state=TrialState.FAIL)
-        elif not finished and self._handle.stop_requested.is_set():
-            self._study.tell(trial, state=TrialState.PRUNED)
-        elif value is None or not math.isfinite(value):
-            trial.set_user_attr("fail_reason", "no finite objective value (diverged?)")
-            self._study.tell(trial, state=TrialState.FAIL)
-        else:
-            self._study.tell(trial, float(value))

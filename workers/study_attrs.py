@@ -1,80 +1,40 @@
-"""Names of what phasetune keeps in Optuna's study and trial attrs, and the study spec as workers read it.
+"""Names of what phasetune keeps in Optuna's study and trial attrs, and the study statuses.
 
-The service writes the submitted spec into the Optuna study's user attrs; the driver reads it back from there, so a
-driver restarted anywhere in the cluster needs only the storage URL and the study name.
+Everything phasetune knows of a study lives in the Optuna storage (the spec, its status, its probe results), so a
+driver restarted anywhere in the cluster needs only the storage URL and the study name, and the dashboard, the
+``optuna`` CLI and ``optuna.load_study`` see what the API sees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import enum
 
-SPEC = "phasetune:spec"
-STATUS = "phasetune:status"
-ERROR = "phasetune:error"
+# Study user attrs.
+SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phasetune's
+STATUS = "phasetune:status"  # a StudyStatus value
+CREATED_AT = "phasetune:created_at"  # ISO 8601, UTC
+ERROR = "phasetune:error"  # why the study failed
 STOP_REQUESTED = "phasetune:stop_requested"
 ARTIFACT_DIR = "phasetune:artifact_dir"  # where trial artifacts (schedule plots) go; the dashboard reads it
 UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by, e.g. {"lr_crit": 0.8}
-SWEPT = "phasetune_swept"  # trial attr: failed by the stale-trial sweeper, not by its own training
+PROBES = "phasetune:probes"  # the probes' full results: {"curvature": {...}, "lr_range": {...}, "units", "device"}
 
-STATUSES = ("queued", "running", "completed", "failed", "stopped")
+# Trial user attrs.
+SCHEDULE = "schedule"  # the concrete schedule the trial trained with (numbers only)
+SEEDS = "seeds"  # the seeds it used: {"data", "init", "batch_order"}
+FAIL_REASON = "fail_reason"  # why it ended FAIL, naming the fields where a sample broke a rule
+SWEPT = "phasetune_swept"  # failed by the stale-trial sweeper, not by its own training
+
 EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "momentum", "phase", "seconds")
 
 
-@dataclass(frozen=True)
-class StudySpec:
-    """The validated study spec (a dict at the API edge), as the runner needs it."""
-
-    raw: Mapping[str, Any]
-
-    def _get(self, key: str, default: Any = None) -> Any:
-        return self.raw.get(key, default)
+class StudyStatus(str, enum.Enum):
+    QUEUED = "queued"  # stored; no driver has run it yet
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
 
     @property
-    def name(self) -> str:
-        return self.raw["name"]
-
-    @property
-    def workload(self) -> dict[str, Any]:
-        return dict(self.raw["workload"])
-
-    @property
-    def epochs(self) -> int:
-        return int(self.raw["epochs"])
-
-    @property
-    def metric(self) -> str:
-        return self.raw["objective"]["metric"]
-
-    @property
-    def direction(self) -> str:
-        return self.raw["objective"].get("direction", "minimize")
-
-    @property
-    def schedule(self) -> Mapping[str, Any]:
-        return self.raw["schedule"]
-
-    @property
-    def n_trials(self) -> int:
-        return int(self.raw["n_trials"])
-
-    @property
-    def max_concurrent_trials(self) -> int:
-        return int(self._get("max_concurrent_trials", 1))
-
-    @property
-    def sampler(self) -> dict[str, Any]:
-        return dict(self._get("sampler") or {"name": "tpe"})
-
-    @property
-    def seed(self) -> int:
-        return int(self.sampler.get("seed") or 0)
-
-    @property
-    def cpus(self) -> float:
-        return float((self._get("resources_per_trial") or {}).get("cpu", 1))
-
-    @property
-    def gpus(self) -> float:
-        return float((self._get("resources_per_trial") or {}).get("gpu", 0))
+    def finished(self) -> bool:
+        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.STOPPED)

@@ -1,4 +1,9 @@
-"""The Ray Tune trainable: build the workload and plan from the trial's config, train, report every epoch."""
+"""The Ray Tune trainable: build the workload and plan from the trial's config, train, report every epoch.
+
+An exception in this code is deterministic (the same config fails the same way on any node), so it is not left to
+Tune, which would retry it: it is reported as the trial's last result (``TRIAL_ERROR``) and the trial ends FAIL
+with it as the reason. Only a trial whose process or node is lost errors in Tune, and only that is retried.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,30 @@ import torch
 from ray import tune
 
 from search_spaces.plan import build_plan
+from workers.optuna_study import TRIAL_ERROR
+from workers.seeding import Seeds
 from workers.train import train
 from workers.workloads import build_workload
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config`` carries the study's workload, epochs and this trial's schedule."""
+    """Ray Tune function trainable. ``config`` carries the study's workload, epochs, this trial's seeds and
+    schedule (``OptunaStudySearcher._start``)."""
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray exposes a GPU only to trials that asked for one
-    workload = build_workload(config["workload"]["name"], config["workload"].get("params"), config["seed"]).to(device)
-    plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
     context = ray.get_runtime_context()
     where = {"ray_node_id": context.get_node_id(), "ray_node_ip": ray.util.get_node_ip_address(), "device": device}
+    try:
+        seeds = Seeds(**config["seeds"])
+        workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds).to(device)
+        plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
 
-    def report(metrics: dict[str, Any]) -> None:
-        if metrics["done"]:
-            # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
-            metrics = {**metrics, "schedule_attrs": json.dumps(plan.extra_attrs())}
-        tune.report({**metrics, **where})
+        def report(metrics: dict[str, Any]) -> None:
+            if metrics["done"]:
+                # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
+                metrics = {**metrics, "schedule_attrs": json.dumps(plan.extra_attrs())}
+            tune.report({**metrics, **where})
 
-    train(workload, plan, config["epochs"], seed=config["seed"], on_epoch=report)
+        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report)
+    except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
+        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", "done": True, **where})

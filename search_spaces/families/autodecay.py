@@ -121,7 +121,8 @@ class AutoDecay(LRSchedule):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.decays, self.decay_epochs = int(state["decays"]), list(state["decay_epochs"])
         self.stopped_epoch, self.observed = state["stopped_epoch"], int(state["observed"])
-        self.k, self.f, self.history, self.g_ref = int(state["k"]), float(state["f"]), list(state["history"]), state["g_ref"]
+        self.k, self.f, self.g_ref = int(state["k"]), float(state["f"]), state["g_ref"]
+        self.history = list(state["history"])
 
     def __repr__(self) -> str:
         return (f"AutoDecay(lr={self.lr}, beta={self.beta}, window={self.window}, "

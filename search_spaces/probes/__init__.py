@@ -13,18 +13,20 @@ from typing import Any
 
 from search_spaces.probes.curvature import (
     LOSS_KINDS,
-    PROBE_BATCH,
     CurvatureResult,
     estimate_curvature,
     exact_curvature,
     probe_batch,
 )
 from search_spaces.probes.lr_range import LRRangeResult, lr_range_test
+from search_spaces.probes.options import PROBE_BATCH, CurvatureOptions, LRRangeOptions
 
 __all__ = [
     "LOSS_KINDS",
     "PROBE_BATCH",
+    "CurvatureOptions",
     "CurvatureResult",
+    "LRRangeOptions",
     "LRRangeResult",
     "estimate_curvature",
     "exact_curvature",

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from search_spaces.probes.linear_chain import LinearChain
+from search_spaces.probes.options import PROBE_BATCH, CurvatureOptions
 
 # Same names as workers.workloads.base.LOSS_KINDS (duplicated: probes must not import workers).
 #   "cross_entropy": mean softmax cross-entropy, H_α = diag(p) − ppᵀ;
@@ -30,12 +31,11 @@ from search_spaces.probes.linear_chain import LinearChain
 LOSS_KINDS = ("cross_entropy", "mse", "half_sum_squares")
 MODES = ("train", "eval")
 
-# Default size of the fixed probe batch (bench/probe_cost.py). λ0 of a random subset is biased upwards
-# (λ_max is convex, a few large-gradient examples dominate a small average), so a small batch gives a
+# PROBE_BATCH (options.py), the default size of the fixed probe batch (bench/probe_cost.py). λ0 of a random subset
+# is biased upwards# (λ_max is convex, a few large-gradient examples dominate a small average), so a small batch gives a
 # conservative lr_crit: at 256, ps10 is within 2% of the full-set λ0 and digits within +6..42% (64: up to
 # 5x). The probe then costs 0.35-0.5 epochs of training on the built-in workloads, under 5% of a 10-epoch
 # trial. It runs once per study, so its share of a whole study is far smaller.
-PROBE_BATCH = 256
 
 # Up to this many trainable parameters G is formed whole (one vectorised product with the identity) and
 # eigvalsh gives λ0 exactly: for such a model that is cheaper than Lanczos's per-step overhead.
@@ -98,9 +98,9 @@ def estimate_curvature(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     loss_kind: str,
-    iters: int = 50,
-    tol: float = 1e-3,
-    mode: str = "train",
+    iters: int = CurvatureOptions.iters,
+    tol: float = CurvatureOptions.tol,
+    mode: str = CurvatureOptions.mode,
     seed: int = 0,
     method: str = "auto",
 ) -> CurvatureResult:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from search_spaces.probes.curvature import LOSS_KINDS
+from search_spaces.probes.options import LRRangeOptions
 
 OPTIMIZERS = ("sgd", "adam")
 DIV_FACTOR = 4.0  # fastai stop_div: smoothed loss > 4 × its minimum
@@ -49,10 +50,10 @@ def lr_range_test(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     loss_kind: str,
-    lr_low: float = 1e-7,
-    lr_high: float = 10.0,
-    steps: int = 100,
-    batch_size: int | None = None,
+    lr_low: float = LRRangeOptions.lr_low,
+    lr_high: float = LRRangeOptions.lr_high,
+    steps: int = LRRangeOptions.steps,
+    batch_size: int | None = LRRangeOptions.batch_size,
     beta: float = 0.98,
     optimizer: str = "sgd",
     momentum: float = 0.0,

@@ -5,19 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from service import probes
-from service.deps import EngineDep, SettingsDep
+from service.deps import EngineDep, LauncherDep
 from service.schemas import ProbeCreate, ProbeOut
 
 router = APIRouter(prefix="/probes", tags=["probes"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep) -> ProbeOut:
+@router.post("", status_code=status.HTTP_201_CREATED,
+             responses={503: {"description": "no Ray cluster is connected yet"}})
+def create_probe(request: ProbeCreate, engine: EngineDep, launcher: LauncherDep) -> ProbeOut:
     """Run the probe on Ray (waits for it) and store the result. 422 naming the field if the request is invalid."""
-    return probes.create(engine=engine, settings=settings, request=request)
+    return probes.create(engine=engine, launcher=launcher, request=request)
 
 
-@router.get("/{probe_id}")
+@router.get("/{probe_id}", responses={404: {"description": "no probe has this id"}})
 def get_probe(probe_id: int, engine: EngineDep) -> ProbeOut:
     """A stored probe result; 404 if there is none with this id."""
     try:

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from workers.workloads import digits, ps10, quadratic  # noqa: F401  (registration side effects)
-from workers.workloads.base import WORKLOADS, Workload, WorkloadSpec, build_workload, resolve
+from workers.workloads.base import WORKLOADS, Workload, WorkloadSpec, build_workload, resolve, steps_per_epoch
 
-__all__ = ["WORKLOADS", "Workload", "WorkloadSpec", "build_workload", "resolve"]
+__all__ = ["WORKLOADS", "Workload", "WorkloadSpec", "build_workload", "resolve", "steps_per_epoch"]

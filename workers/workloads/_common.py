@@ -1,37 +1,15 @@
-"""Helpers the built-in workloads share: seeded streams, an MLP builder and parameter checks."""
+"""Helpers the built-in workloads share: an MLP builder and parameter checks (seeds: ``workers.seeding``)."""
 
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from search_spaces.errors import SpecError
-
-
-def _stream_seed(seed: int, stream: str) -> int:
-    # One independent seed per named stream, so that e.g. changing n_train never changes the initial weights.
-    key = zlib.crc32(stream.encode())
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, key]).generate_state(1)[0])
-
-
-def generator(seed: int, stream: str) -> torch.Generator:
-    """A CPU generator for one named stream ("data", "features", ...) of a trial seed."""
-    return torch.Generator().manual_seed(_stream_seed(seed, stream))
-
-
-@contextmanager
-def seeded_init(seed: int, stream: str = "init") -> Iterator[None]:
-    """Seed torch's global RNG while modules are built (nn.Linear draws from it), then restore it."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_stream_seed(seed, stream))
-        yield
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:

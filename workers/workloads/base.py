@@ -1,4 +1,4 @@
-"""What a workload is: a model, its data (as tensors) and its loss, built from a name, params and a seed.
+"""What a workload is: a model, its data (as tensors) and its loss, built from a name, params and seeds.
 
 Data are plain tensors so the training loop can keep them on the device and slice batches itself (airbench style):
 no DataLoader worker processes on a 2-core machine.
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from search_spaces.errors import SpecError
+from workers.seeding import Seeds
 
 # How the loss reads the model output; the curvature probe derives the output Hessian from it.
 #   "cross_entropy": mean softmax cross-entropy over the batch, targets are class indices.
@@ -63,13 +64,19 @@ def loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    """A registered workload: its parameter defaults, a validator and a builder."""
+    """A registered workload: its parameter defaults, a validator, a builder and its steps per epoch.
+
+    ``build`` draws the data (split, synthetic draws, fixed features) from ``seeds.data`` and the trained weights
+    from ``seeds.init``. ``steps_per_epoch`` answers from the params alone, without building anything: schedules
+    are validated and drawn at that resolution before any trial runs.
+    """
 
     name: str
     defaults: Mapping[str, Any]
     metrics: tuple[str, ...]
-    build: Callable[[Mapping[str, Any], int], Workload]  # (params with defaults filled, seed) -> Workload
+    build: Callable[[Mapping[str, Any], Seeds], Workload]  # (params with defaults filled, seeds) -> Workload
     validate_params: Callable[[Mapping[str, Any]], None]  # raises SpecError located relative to params
+    steps_per_epoch: Callable[[Mapping[str, Any]], int]  # params with defaults filled -> optimizer steps
 
 
 WORKLOADS: dict[str, WorkloadSpec] = {}
@@ -88,7 +95,8 @@ def resolve(name: Any, params: Any) -> tuple[WorkloadSpec, dict[str, Any]]:
     params = dict(params or {})
     unknown = set(params) - set(spec.defaults)
     if unknown:
-        raise SpecError(("params", sorted(unknown)[0]), f"unknown parameter of {name!r}; expected {sorted(spec.defaults)}")
+        raise SpecError(("params", sorted(unknown)[0]),
+                        f"unknown parameter of {name!r}; expected {sorted(spec.defaults)}")
     full = {**spec.defaults, **params}
     try:
         spec.validate_params(full)
@@ -97,6 +105,13 @@ def resolve(name: Any, params: Any) -> tuple[WorkloadSpec, dict[str, Any]]:
     return spec, full
 
 
-def build_workload(name: str, params: Mapping[str, Any] | None, seed: int) -> Workload:
+def build_workload(name: str, params: Mapping[str, Any] | None, seed: int | Seeds) -> Workload:
+    """The workload ``name`` with ``params``; an int ``seed`` seeds every stream (``Seeds.shared``)."""
     spec, full = resolve(name, params)
-    return spec.build(full, seed)
+    return spec.build(full, seed if isinstance(seed, Seeds) else Seeds.shared(seed))
+
+
+def steps_per_epoch(name: str, params: Mapping[str, Any] | None) -> int:
+    """The workload's optimizer steps per epoch, from its params alone (nothing is built)."""
+    spec, full = resolve(name, params)
+    return spec.steps_per_epoch(full)

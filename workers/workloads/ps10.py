@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.workloads._common import check_float, check_int, generator, mlp, seeded_init
+from workers.seeding import Seeds, generator, seeded_init
+from workers.workloads._common import check_float, check_int, mlp
 from workers.workloads.base import Workload, WorkloadSpec, register
 
 N_CLASSES = 10
@@ -87,14 +88,18 @@ def _sample(
     return x, y, subsets
 
 
-def build(params: Mapping[str, Any], seed: int) -> Workload:
-    gen = generator(seed, "data")
+def steps_per_epoch(params: Mapping[str, Any]) -> int:
+    return math.ceil(params["n_train"] / params["batch_size"])
+
+
+def build(params: Mapping[str, Any], seeds: Seeds) -> Workload:
+    gen = generator(seeds.data, "data")
     prototypes = {name: torch.rand(N_CLASSES, k, 3, generator=gen) for name, k in PATTERNS_PER_CLASS.items()}
     n_noise = round(params["noise"] * params["n_train"])
     train_x, train_y, train_subsets = _sample(prototypes, params["n_train"], n_noise, params["jitter"], gen)
     val_x, val_y, val_subsets = _sample(prototypes, params["n_val"], 0, params["jitter"], gen)
-    features = FourierFeatures(6, params["features"], params["bandwidth"], generator(seed, "features"))
-    with seeded_init(seed):
+    features = FourierFeatures(6, params["features"], params["bandwidth"], generator(seeds.data, "features"))
+    with seeded_init(seeds.init):
         model = nn.Sequential(features, mlp([params["features"], params["hidden"], N_CLASSES]))
     return Workload(
         name="ps10", model=model, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
@@ -103,4 +108,4 @@ def build(params: Mapping[str, Any], seed: int) -> Workload:
     )
 
 
-SPEC = register(WorkloadSpec("ps10", DEFAULTS, METRICS, build, validate))
+SPEC = register(WorkloadSpec("ps10", DEFAULTS, METRICS, build, validate, steps_per_epoch))

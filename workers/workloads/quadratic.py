@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from search_spaces.errors import SpecError
-from workers.workloads._common import check_float, check_int, generator
+from workers.seeding import Seeds, generator
+from workers.workloads._common import check_float, check_int
 from workers.workloads.base import Workload, WorkloadSpec, register
 
 DEFAULTS: dict[str, Any] = {
@@ -56,15 +57,19 @@ def spectrum(dim: int, eig_min: float, eig_max: float) -> torch.Tensor:
     return torch.logspace(math.log10(eig_min), math.log10(eig_max), dim, dtype=torch.float64)
 
 
-def build(params: Mapping[str, Any], seed: int) -> Workload:
+def steps_per_epoch(params: Mapping[str, Any]) -> int:
+    return int(params["steps_per_epoch"])
+
+
+def build(params: Mapping[str, Any], seeds: Seeds) -> Workload:
     dim = params["dim"]
     eigenvalues = spectrum(dim, params["eig_min"], params["eig_max"])
     # Haar-random orthogonal basis: QR of a Gaussian matrix with the signs of R's diagonal folded into Q.
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator(seed, "basis"), dtype=torch.float64))
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator(seeds.data, "basis"), dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))
     a = (q * eigenvalues) @ q.T
     sqrt_a = (q * eigenvalues.sqrt()) @ q.T
-    x0 = torch.randn(dim, generator=generator(seed, "init"), dtype=torch.float64)
+    x0 = torch.randn(dim, generator=generator(seeds.init, "init"), dtype=torch.float64)
     model = Quadratic(x0.float(), sqrt_a.float())
     steps = params["steps_per_epoch"]
     # batch_size 1 over `steps` dummy examples: one epoch is `steps` full-gradient steps.
@@ -75,4 +80,4 @@ def build(params: Mapping[str, Any], seed: int) -> Workload:
     )
 
 
-SPEC = register(WorkloadSpec("quadratic", DEFAULTS, METRICS, build, validate))
+SPEC = register(WorkloadSpec("quadratic", DEFAULTS, METRICS, build, validate, steps_per_epoch))

@@ -1,0 +1,94 @@
+"""Hands studies to Ray from one background thread, so that no request handler starts, joins or waits for Ray.
+
+At start it connects to the cluster (a local head is started by ``phasetune serve`` before the app) and relaunches
+the driver of every unfinished study, a no-op where one is alive; then it launches each study the API stores. While
+no cluster answers, a stored study waits, ``queued``, and nothing is lost: the next start launches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+import optuna
+
+from service import ray_cluster
+from service.settings import Settings
+from workers import driver, optuna_study, study_attrs
+from workers.study_attrs import StudyStatus
+
+logger = logging.getLogger(__name__)
+CONNECT_RETRY_S = 5.0
+_CLOSE = object()
+
+
+class Launcher:
+    def __init__(self, settings: Settings, storage: optuna.storages.BaseStorage) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._closed = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="phasetune-launcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def launch(self, study_name: str) -> None:
+        """Launch this study's driver soon (after every job handed in before)."""
+        self._queue.put((self._launch, study_name))
+
+    def end_if_orphaned(self, study_name: str) -> None:
+        """Soon: if the study has no driver alive, end it as stopped (nothing runs it; none may stay RUNNING)."""
+        self._queue.put((self._end_if_orphaned, study_name))
+
+    def close(self, timeout: float = 10) -> None:
+        self._closed.set()
+        self._queue.put(_CLOSE)
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                ray_cluster.connect(self._settings)
+                break
+            except Exception as err:  # noqa: BLE001  (no cluster yet: studies wait queued, we retry)
+                logger.warning("phasetune: no Ray cluster yet (%s); retrying in %.0f s", err, CONNECT_RETRY_S)
+                self._closed.wait(CONNECT_RETRY_S)
+        else:
+            return
+        self.connected.set()
+        for name in unfinished_studies(self._storage):
+            self._do(self._launch, name)
+        while (job := self._queue.get()) is not _CLOSE:
+            self._do(*job)  # type: ignore[misc]
+
+    @staticmethod
+    def _do(action: Callable[[str], None], study_name: str) -> None:
+        try:
+            action(study_name)
+        except Exception:  # noqa: BLE001  (the study keeps its state; the next start of the API retries it)
+            logger.exception("phasetune: %s of study %r failed", action.__name__, study_name)
+
+    def _launch(self, study_name: str) -> None:
+        driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
+
+    def _end_if_orphaned(self, study_name: str) -> None:
+        if driver.find_driver(self._settings.storage_url, study_name) is not None:
+            return  # its driver reads the stop flag itself
+        study = optuna.load_study(study_name=study_name, storage=self._storage)
+        if not StudyStatus(study.user_attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value)).finished:
+            optuna_study.sweep_stale_trials(study)
+            study.set_user_attr(study_attrs.STATUS, StudyStatus.STOPPED.value)
+
+
+def unfinished_studies(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Names of phasetune's studies that are queued or running (one query for all studies, no trials)."""
+    return [
+        study.study_name for study in storage.get_all_studies()
+        if study_attrs.SPEC in study.user_attrs
+        and not StudyStatus(study.user_attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value)).finished
+    ]
+

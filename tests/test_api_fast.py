@@ -1,0 +1,243 @@
+"""Validation and routing through FastAPI's TestClient against a real storage (SQLite and PostgreSQL), no Ray.
+
+The app is built with ``run_studies=False``: studies are stored and read exactly as in ``phasetune serve``, but no
+driver is launched, so every case here takes milliseconds. What needs Ray (a study that runs, a probe) is in the
+slow tests (test_api.py, test_probes_api.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+
+from service.cli import TERMINAL
+from service.main import create_app
+from service.settings import Settings
+from workers.study_attrs import StudyStatus
+
+
+def small_spec(name: str, **overrides) -> dict:
+    """The README's example study, shrunk: two phases, the transition searched."""
+    spec = {
+        "name": name,
+        "workload": {"name": "ps10", "params": {"noise": 0.1, "n_train": 1000, "n_val": 500}},
+        "epochs": 4,
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "schedule": {
+            "family": "phases",
+            "phases": [
+                {"optimizer": "sgd", "lr": {"low": 0.05, "high": 1.0, "log": True}, "momentum": 0.0},
+                {"optimizer": "sgd", "lr": {"low": 0.001, "high": 0.05, "log": True},
+                 "momentum": {"low": 0.8, "high": 0.99}},
+            ],
+            "transition_epochs": [{"low": 1, "high": 3}],
+        },
+        "n_trials": 4,
+        "max_concurrent_trials": 2,
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "resources_per_trial": {"cpu": 1, "gpu": 0},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def storage(module_storage_url: str) -> str:
+    return module_storage_url
+
+
+@pytest.fixture(scope="module")
+def client(storage: str, tmp_path_factory) -> TestClient:
+    workdir = tmp_path_factory.mktemp("api")
+    settings = Settings(storage_url=storage, start_dashboard=False, results_dir=str(workdir / "results"),
+                        artifacts_dir=str(workdir / "artifacts"))
+    with TestClient(create_app(settings, run_studies=False)) as test_client:
+        yield test_client
+
+
+def _set(spec: dict, path: tuple, value) -> dict:
+    spec = copy.deepcopy(spec)
+    node = spec
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return spec
+
+
+BAD_INPUTS = [
+    # (what is changed, new value, the field the error must name)
+    (("schedule", "family"), "nope", ["body", "schedule", "family"]),
+    (("schedule", "phases", 0, "lr"), {"low": 1.0, "high": 0.05}, ["body", "schedule", "phases", 0, "lr", "low"]),
+    (("schedule", "phases", 1, "momentum"), 1.5, ["body", "schedule", "phases", 1, "momentum"]),
+    (("schedule", "phases", 0, "lr"), -0.1, ["body", "schedule", "phases", 0, "lr"]),
+    (("schedule", "phases", 0, "optimizer"), "rmsprop", ["body", "schedule", "phases", 0, "optimizer"]),
+    (("schedule", "phases", 0, "colour"), "red", ["body", "schedule", "phases", 0, "colour"]),
+    (("schedule", "transition_epochs"), [{"low": 0, "high": 3}], ["body", "schedule", "transition_epochs", 0]),
+    (("schedule", "transition_epochs"), [4], ["body", "schedule", "transition_epochs", 0]),
+    (("schedule", "transition_epochs"), [1, 2], ["body", "schedule", "transition_epochs"]),
+    (("workload", "name"), "imagenet", ["body", "workload", "name"]),
+    (("workload", "params"), {"noise": 2.0}, ["body", "workload", "params", "noise"]),
+    (("workload", "params"), {"depth": 3}, ["body", "workload", "params", "depth"]),
+    (("objective", "metric"), "bleu", ["body", "objective", "metric"]),
+    (("objective", "direction"), "sideways", ["body", "objective", "direction"]),
+    (("epochs",), 0, ["body", "epochs"]),
+    (("n_trials",), -1, ["body", "n_trials"]),
+    (("sampler", "name"), "grid", ["body", "sampler", "name"]),
+    (("name",), "has spaces", ["body", "name"]),
+    # Seeds must be what the samplers and numpy take (a driver dying on one left a study queued forever).
+    (("seed",), -1, ["body", "seed"]),
+    (("seed",), 2**32, ["body", "seed"]),
+    (("sampler", "seed"), -1, ["body", "sampler", "seed"]),
+    (("seed_policy",), {"init": "sometimes"}, ["body", "seed_policy", "init"]),
+    (("seed_policy",), {"data": "trial"}, ["body", "seed_policy", "data"]),
+    (("colour",), "red", ["body", "colour"]),
+    # Units are the schedule space's to check, like everything else in it.
+    (("schedule", "phases", 1, "momentum"), {"low": 0.8, "high": 0.9, "unit": "lr_crit"},
+     ["body", "schedule", "phases", 1, "momentum", "unit"]),
+    (("schedule", "phases", 0, "lr"), {"low": 1, "high": 2, "unit": "furlongs"},
+     ["body", "schedule", "phases", 0, "lr", "unit"]),
+    # At ps10's real 8 steps per epoch (1000 examples / 128), 0.05 epochs is no step at all.
+    (("schedule", "phases", 0, "warmup"), {"epochs": 0.05}, ["body", "schedule", "phases", 0, "warmup", "epochs"]),
+]
+
+
+@pytest.mark.parametrize("path,value,loc", BAD_INPUTS, ids=[".".join(map(str, b[0])) for b in BAD_INPUTS])
+def test_invalid_spec_gets_422_naming_the_field(client, path, value, loc):
+    before = client.get("/studies").json()
+    response = client.post("/studies", json=_set(small_spec("bad"), path, value))
+    assert response.status_code == 422, response.text
+    locs = [d["loc"] for d in response.json()["detail"]]
+    assert loc in locs, locs
+    assert client.get("/studies").json() == before  # nothing half-created
+
+
+def test_multi_boundary_phases_are_checked(client):
+    spec = small_spec("three-phase", epochs=6)
+    spec["schedule"]["phases"].append({"lr": 0.001, "momentum": 0.9})
+    spec["schedule"]["transition_epochs"] = [{"low": 2, "high": 4}, {"low": 2, "high": 5}]
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "schedule", "transition_epochs", 1]
+
+
+BAD_UNITS = [
+    # (schedule, the field the 422 must name)
+    ({"family": "constant", "lr": {"low": 0.1, "high": 0.5, "unit": "furlongs"}}, ["body", "schedule", "lr", "unit"]),
+    ({"family": "constant", "lr": 0.1, "momentum": {"low": 0.1, "high": 0.5, "unit": "lr_crit"}},
+     ["body", "schedule", "momentum", "unit"]),
+    ({"preset": "regimes", "colour": "red"}, ["body", "schedule", "colour"]),
+    ({"preset": "regimes", "phase1_upper": 1.5}, ["body", "schedule", "phase1_upper"]),
+    ({"preset": "regimes", "phase2_effective_lr": {"low": 0.1, "high": 2.0}},
+     ["body", "schedule", "phase2_effective_lr", "high"]),
+    ({"preset": "regimes", "transition_epoch": 9}, ["body", "schedule", "transition_epoch"]),
+    ({"preset": "twostep"}, ["body", "schedule", "preset"]),
+]
+
+
+@pytest.mark.parametrize("schedule,loc", BAD_UNITS, ids=[".".join(map(str, b[1][2:])) for b in BAD_UNITS])
+def test_units_and_presets_are_checked_at_submission(client, schedule, loc):
+    spec = small_spec("bad-units", workload={"name": "quadratic", "params": {}}, epochs=3, schedule=schedule,
+                      objective={"metric": "train_loss", "direction": "minimize"})
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422, response.text
+    assert loc in [d["loc"] for d in response.json()["detail"]], response.text
+
+
+def test_a_study_is_stored_in_optuna_under_its_optuna_id(client, storage):
+    created = client.post("/studies", json=small_spec("stored"))
+    assert created.status_code == 201, created.text
+    study = created.json()
+    assert study["status"] == "queued" and study["n_trials"] == 0 and study["created_at"]
+    # One id everywhere: phasetune's is Optuna's (the dashboard's).
+    assert study["id"] == optuna.storages.RDBStorage(storage).get_study_id_from_name("stored")
+    # The stored spec has every default filled in, from one owner.
+    spec = study["spec"]
+    assert spec["seed"] == 0 and spec["seed_policy"] == {"init": "study", "batch_order": "study"}
+    assert spec["sampler"] == {"name": "tpe", "seed": 0, "n_startup_trials": 2}
+    assert spec["workload"]["params"]["batch_size"] == 128  # ps10's default
+    assert client.get(f"/studies/{study['id']}").json() == study
+    assert client.get(f"/studies/{study['id']}/trials").json() == []
+    assert study["id"] in [s["id"] for s in client.get("/studies").json()]
+    assert client.post("/studies", json=small_spec("stored")).status_code == 409
+
+
+def test_concurrent_submissions_of_one_name_give_one_study(client):
+    responses: list = []
+
+    def post() -> None:
+        responses.append(client.post("/studies", json=small_spec("contested")))
+
+    threads = [threading.Thread(target=post) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.status_code for r in responses) == [201] + [409] * 9, [r.text for r in responses]
+    assert [s["name"] for s in client.get("/studies").json()].count("contested") == 1
+
+
+def test_unknown_or_foreign_ids_are_404(client, storage):
+    foreign = optuna.create_study(study_name="not-phasetunes", storage=storage)  # another user of the database
+    foreign_id = optuna.storages.RDBStorage(storage).get_study_id_from_name("not-phasetunes")
+    for study_id in (987654, foreign_id, 2**31, 162266076694547582059080904081408):
+        assert client.get(f"/studies/{study_id}").status_code == 404, study_id
+        assert client.get(f"/studies/{study_id}/trials").status_code == 404, study_id
+        assert client.post(f"/studies/{study_id}/stop").status_code == 404, study_id
+    assert "not-phasetunes" not in [s["name"] for s in client.get("/studies").json()]
+    assert foreign.study_name == "not-phasetunes"
+
+
+def test_stopping_a_queued_study_stops_it_at_once(client):
+    study_id = client.post("/studies", json=small_spec("stop-queued")).json()["id"]
+    stopped = client.post(f"/studies/{study_id}/stop")
+    assert stopped.status_code == 202 and stopped.json()["status"] == "stopped"
+    assert client.post(f"/studies/{study_id}/stop").json()["status"] == "stopped"  # finished: left as it is
+
+
+def test_the_cli_knows_every_finished_status():
+    assert set(TERMINAL) == {s.value for s in StudyStatus if s.finished}
+
+
+QUADRATIC = {"name": "quadratic", "params": {"dim": 10, "eig_max": 4.0}}
+BAD_PROBES = [
+    # (request body, the field the 422 must name)
+    ({"kind": "hessian", "workload": QUADRATIC}, ["body", "kind"]),
+    ({"kind": "curvature", "workload": {"name": "imagenet"}}, ["body", "workload", "name"]),
+    ({"kind": "curvature", "workload": {"name": "quadratic", "params": {"eig_max": -1.0}}},
+     ["body", "workload", "params", "eig_max"]),
+    ({"kind": "curvature", "workload": {"name": "quadratic", "params": {"depth": 3}}},
+     ["body", "workload", "params", "depth"]),
+    ({"kind": "curvature", "workload": QUADRATIC, "options": {"iters": 0}}, ["body", "options", "iters"]),
+    ({"kind": "curvature", "workload": QUADRATIC, "options": {"steps": 10}}, ["body", "options", "steps"]),
+    ({"kind": "curvature", "workload": QUADRATIC, "options": {"mode": "test"}}, ["body", "options", "mode"]),
+    ({"kind": "lr_range", "workload": QUADRATIC, "options": {"lr_low": 1.0, "lr_high": 0.1}},
+     ["body", "options", "lr_low"]),
+    ({"kind": "curvature", "workload": QUADRATIC, "seed": -3}, ["body", "seed"]),
+    ({"kind": "curvature", "workload": QUADRATIC, "colour": "red"}, ["body", "colour"]),
+]
+
+
+@pytest.mark.parametrize("body,loc", BAD_PROBES, ids=[".".join(map(str, b[1][1:])) for b in BAD_PROBES])
+def test_invalid_probe_gets_422_naming_the_field(client, body, loc):
+    response = client.post("/probes", json=body)
+    assert response.status_code == 422, response.text
+    assert loc in [d["loc"] for d in response.json()["detail"]], response.text
+
+
+def test_probes_without_a_cluster_are_503_and_unknown_ones_404(client):
+    response = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
+    assert response.status_code == 503 and "Ray" in response.json()["detail"]
+    assert client.get("/probes/987654").status_code == 404
+    assert client.get(f"/probes/{2**40}").status_code == 404
+
+
+def test_openapi_documents_the_errors(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"201", "409", "422"} <= set(paths["/studies"]["post"]["responses"])
+    for path, method in (("/studies/{study_id}", "get"), ("/studies/{study_id}/trials", "get"),
+                         ("/studies/{study_id}/stop", "post"), ("/probes/{probe_id}", "get")):
+        assert "404" in paths[path][method]["responses"], path

@@ -1,0 +1,51 @@
+"""What phasetune relies on in Optuna beyond its documented API: the private names in ``workers/optuna_study.py``.
+
+If a new Optuna release renames or changes one of them, this fails first, and loudly, naming it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+import pytest
+
+from workers import optuna_study
+
+
+@pytest.fixture
+def study(tmp_path):
+    return optuna.create_study(study_name="contract", storage=f"sqlite:///{tmp_path / 'contract.db'}")
+
+
+def test_private_names_still_mean_what_phasetune_reads(study):
+    storage = optuna_study.storage_of(study)
+    assert isinstance(storage, optuna.storages.BaseStorage), "Study._storage"
+    sid = optuna_study.study_id(study)
+    assert sid == storage.get_study_id_from_name("contract"), "Study._study_id"
+    (frozen_study,) = storage.get_all_studies()
+    assert optuna_study.study_id(frozen_study) == sid, "FrozenStudy._study_id"
+    trial = study.ask()
+    tid = optuna_study.trial_id(trial)
+    assert tid == storage.get_trial_id_from_study_id_trial_number(sid, trial.number), "Trial._trial_id"
+    assert optuna_study.trial_id(study.trials[0]) == tid, "FrozenTrial._trial_id"
+
+
+def test_a_retried_trial_can_overwrite_its_curve_where_report_cannot(study):
+    """Why ``set_intermediate_value`` writes through the storage: ``Trial.report`` keeps the first value of a step."""
+    trial = study.ask()
+    trial.report(1.0, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial.report(2.0, 0)
+    assert study.trials[0].intermediate_values == {0: 1.0}
+    optuna_study.set_intermediate_value(study, trial, 0, 3.0)
+    assert study.trials[0].intermediate_values == {0: 3.0}
+
+
+def test_the_sweep_fails_a_running_trial_by_number(study):
+    study.ask()
+    assert optuna_study.sweep_stale_trials(study) == 1
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["phasetune_swept"] is True
+    assert optuna_study.sweep_stale_trials(study) == 0

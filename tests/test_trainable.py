@@ -1,0 +1,30 @@
+"""The trainable under real Ray Tune: a deterministic error is not retried, it ends the trial with its reason."""
+
+from __future__ import annotations
+
+import pytest
+from ray import tune
+
+from workers.optuna_study import TRIAL_ERROR, trial_end
+from workers.trainable import run_trial
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_deterministic_error_is_reported_not_retried(ray_client, tmp_path):
+    # Valid at submission for no workload: the warmup is longer than the run, so building the plan raises.
+    config = {"schedule": {"family": "cosine", "lr": 0.1, "warmup": {"epochs": 5}},
+              "workload": {"name": "quadratic", "params": {}}, "epochs": 2,
+              "seeds": {"data": 0, "init": 0, "batch_order": 0}, "cpus": 1}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": 1}),
+        param_space=config,
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None  # Tune saw no error, so it retried nothing
+    assert "warmup" in result.metrics[TRIAL_ERROR] and result.metrics["done"]
+    end = trial_end(result.metrics, lost=False, stop_requested=False, metric="val_loss")
+    assert end.outcome.name == "FAIL" and end.reason == result.metrics[TRIAL_ERROR]
+    assert len(result.metrics_dataframe) == 1  # one attempt, one result

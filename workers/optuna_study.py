@@ -1,0 +1,144 @@
+"""The Optuna side of a study: creating and opening it (sampler, pruner), how a trial's end maps to an Optuna
+state, the stale-trial sweep, and the only uses of Optuna's private names.
+
+Private names (each below says why it is needed; ``tests/test_optuna_contract.py`` fails loudly if a release of
+Optuna changes them): ``Study._storage``, ``Trial._trial_id`` / ``FrozenTrial._trial_id`` and
+``FrozenStudy._study_id``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from workers import study_attrs
+from workers.spec import SamplerName, StudySpec
+
+TRIAL_ERROR = "trial_error"  # result key: the exception a trial raised (deterministic: it is not retried)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. TPE models the conditional (per-family) space jointly and lies about running trials
+    so that concurrent trials spread out."""
+    if spec.sampler.name is SamplerName.RANDOM:
+        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
+    return optuna.samplers.TPESampler(seed=spec.sampler_seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=spec.sampler.n_startup_trials)
+
+
+def make_pruner() -> optuna.pruners.BasePruner:
+    """Optuna never prunes a phasetune trial: the driver owns every stop (study stop today, early stopping next).
+    Optuna's default, a MedianPruner, would otherwise sit on every study with nothing calling it."""
+    return optuna.pruners.NopPruner()
+
+
+def create_study(storage: optuna.storages.BaseStorage, spec: StudySpec, attrs: Mapping[str, Any]) -> int:
+    """Create the study and its user attrs; its id. ``DuplicatedStudyError`` if the name is taken.
+
+    The name is claimed by the database's unique constraint (so of concurrent creations exactly one wins), and
+    ``SPEC`` is written last: a study is phasetune's once it has a spec. If writing the attrs fails, the study is
+    deleted again, so a failed creation leaves nothing behind.
+    """
+    study = optuna.create_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec),
+                                pruner=make_pruner(), direction=spec.objective.direction.value)
+    try:
+        for key, value in {**attrs, study_attrs.SPEC: spec.to_dict()}.items():
+            study.set_user_attr(key, value)
+    except BaseException:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+    return study_id(study)
+
+
+def load_study(storage: optuna.storages.BaseStorage, spec: StudySpec) -> optuna.Study:
+    return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
+                             pruner=make_pruner())
+
+
+class TrialOutcome(enum.Enum):
+    COMPLETE = TrialState.COMPLETE
+    PRUNED = TrialState.PRUNED
+    FAIL = TrialState.FAIL
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    outcome: TrialOutcome
+    value: float | None = None
+    reason: str | None = None  # why it failed (the trial's FAIL_REASON attr)
+
+
+def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: bool, metric: str) -> TrialEnd:
+    """How a trial ended, from its last result: the one mapping from Tune's view of a trial to Optuna's.
+
+    Args:
+        result: the trial's last reported result (None if it reported none).
+        lost: Tune ended the trial in error: its process or node died and the retries ran out (an exception in
+            phasetune's own code is reported as a result with ``TRIAL_ERROR`` instead, and not retried).
+        stop_requested: the study is being stopped.
+        metric: the objective metric.
+    """
+    result = result or {}
+    if lost:
+        return TrialEnd(TrialOutcome.FAIL, reason="its process or node was lost and Ray Tune's retries ran out")
+    if result.get(TRIAL_ERROR):
+        return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
+    if not result.get("done") and stop_requested:
+        return TrialEnd(TrialOutcome.PRUNED)
+    value = result.get(metric)
+    if value is None or not math.isfinite(value):
+        return TrialEnd(TrialOutcome.FAIL, reason=f"no finite {metric} (diverged?)")
+    return TrialEnd(TrialOutcome.COMPLETE, float(value))
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd) -> None:
+    """Record ``end`` on the running ``trial``: its reason first (a finished trial's attrs cannot change)."""
+    if end.reason is not None:
+        trial.set_user_attr(study_attrs.FAIL_REASON, end.reason)
+    study.tell(trial, end.value, state=end.outcome.value)
+
+
+def sweep_stale_trials(study: optuna.Study) -> int:
+    """Fail every RUNNING trial of ``study`` (call only when no driver of it is alive); returns how many.
+
+    Optuna's heartbeat does not cover ask/tell trials, so a driver that died leaves its trials RUNNING; they are
+    marked ``SWEPT`` so that they do not use up the study's budget.
+    """
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        storage_of(study).set_trial_user_attr(trial_id(trial), study_attrs.SWEPT, True)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    return len(stale)
+
+
+def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, epoch: int, value: float) -> None:
+    """The trial's value at ``epoch``, overwriting an earlier one: a trial Tune retried starts its curve again,
+    where ``Trial.report`` would keep the stale value (it ignores a second report of a step)."""
+    storage_of(study).set_trial_intermediate_value(trial_id(trial), epoch, value)
+
+
+# ---- Optuna's private names: here and nowhere else --------------------------------------------------------------
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study writes through (Optuna's cached wrapper of the RDB storage). No public accessor exists;
+    writing through the same object keeps its cache of running trials consistent."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial, which the storage's own API takes. No public accessor exists (the public
+    alternative, ``get_trial_id_from_study_id_trial_number``, costs a query per call and needs the study id)."""
+    return trial._trial_id
+
+
+def study_id(study: optuna.Study | optuna.study.FrozenStudy) -> int:
+    """The storage's id of a study: phasetune's study id, the same the Optuna dashboard shows. ``Study`` and the
+    ``FrozenStudy`` of ``get_all_studies`` have no public accessor."""
+    return study._study_id

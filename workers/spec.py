@@ -1,0 +1,139 @@
+"""The study spec: one frozen object, built once from the validated request and read back from the storage the
+same way, so the service, the driver and the trials read one set of defaults.
+
+The API edge (``service/schemas.py``) checks the JSON's shape and takes its defaults from here; ``StudySpec.parse``
+does the rest: the workload and its params, the objective metric, and the schedule space at the workload's real
+steps per epoch (``search_spaces`` owns every rule of the schedule, units included). ``to_dict`` is what the
+storage keeps; ``parse(spec.to_dict()) == spec``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from search_spaces import SpecError, validate_schedule
+from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
+from workers.workloads import resolve as resolve_workload
+
+
+class Direction(str, enum.Enum):
+    MINIMIZE = "minimize"
+    MAXIMIZE = "maximize"
+
+
+class SamplerName(str, enum.Enum):
+    TPE = "tpe"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    name: str
+    params: Mapping[str, Any]  # every parameter, defaults filled in
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Direction = Direction.MINIMIZE
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: SamplerName = SamplerName.TPE
+    seed: int | None = None  # None: the study's seed
+    n_startup_trials: int = 5  # TPE's random trials before it models the space
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study as every part of phasetune reads it. ``steps_per_epoch`` is the workload's, from its params."""
+
+    name: str
+    workload: WorkloadRef
+    epochs: int
+    objective: Objective
+    schedule: Mapping[str, Any]
+    n_trials: int
+    steps_per_epoch: int
+    max_concurrent_trials: int = 1
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    resources_per_trial: Resources = field(default_factory=Resources)
+    seed: int = 0  # the study's seed: data, initial weights and batch order (per ``seed_policy``), and the sampler's
+    seed_policy: SeedPolicy = field(default_factory=SeedPolicy)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> StudySpec:
+        """The spec of a shape-checked request (or a stored ``to_dict``); SpecError naming the field if invalid."""
+        try:
+            workload, params = resolve_workload(raw["workload"]["name"], raw["workload"].get("params"))
+        except SpecError as err:
+            raise err.under("workload") from None
+        objective = Objective(raw["objective"]["metric"], Direction(raw["objective"].get("direction", "minimize")))
+        if objective.metric not in workload.metrics:
+            raise SpecError(("objective", "metric"),
+                            f"workload {workload.name!r} reports {list(workload.metrics)}, not {objective.metric!r}")
+        epochs, steps_per_epoch = int(raw["epochs"]), workload.steps_per_epoch(params)
+        try:
+            validate_schedule(raw["schedule"], epochs, steps_per_epoch)
+        except SpecError as err:
+            raise err.under("schedule") from None
+        sampler = raw.get("sampler") or {}
+        policy = raw.get("seed_policy") or {}
+        return cls(
+            name=raw["name"],
+            workload=WorkloadRef(workload.name, params),
+            epochs=epochs,
+            objective=objective,
+            schedule=raw["schedule"],
+            n_trials=int(raw["n_trials"]),
+            steps_per_epoch=steps_per_epoch,
+            max_concurrent_trials=int(raw.get("max_concurrent_trials", cls.max_concurrent_trials)),
+            sampler=_build(SamplerSpec, sampler, name=SamplerName),
+            resources_per_trial=_build(Resources, raw.get("resources_per_trial") or {}, cpu=float, gpu=float),
+            seed=int(raw.get("seed", cls.seed)),
+            seed_policy=_build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the storage keeps (enums as their values); ``steps_per_epoch`` is derived, not kept."""
+        out = _jsonable(asdict(self))
+        out.pop("steps_per_epoch")
+        return out
+
+    @property
+    def sampler_seed(self) -> int:
+        return self.seed if self.sampler.seed is None else self.sampler.seed
+
+    def trial_seeds(self, trial_number: int) -> Seeds:
+        """The seeds trial ``trial_number`` trains with, under this study's seed policy."""
+        return trial_seeds(self.seed, self.seed_policy, trial_number)
+
+
+def _build(cls: type, raw: Mapping[str, Any], **convert: Any) -> Any:
+    """A dataclass from the given keys of ``raw`` (the rest at their defaults), each converted as named."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{key: convert.get(key, _same)(value) for key, value in raw.items() if key in names})
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value

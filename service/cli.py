@@ -12,7 +12,10 @@ from typing import Any
 
 import httpx
 
-TERMINAL = ("completed", "failed", "stopped")  # StudyStatus.finished, without importing the workers here
+from workers.study_attrs import StudyStatus  # a names-only module: the CLI imports neither torch, Ray nor Optuna
+
+FINISHED = {status.value for status in StudyStatus if status.finished}
+ENDED_TRIALS = ("COMPLETE", "PRUNED", "FAIL")  # Optuna's names of the states a trial ends in, as the API sends them
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -112,17 +115,17 @@ def cmd_watch(args: argparse.Namespace) -> None:
     with tqdm(total=total, desc=study["name"], unit="trial") as bar:
         while True:
             counts = study["trial_counts"]
-            finished = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+            finished = sum(counts.get(s, 0) for s in ENDED_TRIALS)
             bar.update(min(finished, total) - bar.n)
             bar.set_postfix(status=study["status"], running=counts.get("RUNNING", 0))
-            if study["status"] in TERMINAL:
+            if study["status"] in FINISHED:
                 break
             time.sleep(args.interval)
             study = _call(args, "GET", f"/studies/{args.id}")
     print(f"phasetune: study {study['id']} {study['status']}: {study['trial_counts']}")  # noqa: T201
     if study.get("error"):
         print(study["error"], file=sys.stderr)  # noqa: T201
-    if study["status"] == "completed" and study["best_trial"]:
+    if study["status"] == StudyStatus.COMPLETED.value and study["best_trial"]:
         _print_best(study)
 
 

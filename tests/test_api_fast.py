@@ -14,10 +14,8 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
-from service.cli import TERMINAL
 from service.main import create_app
 from service.settings import Settings
-from workers.study_attrs import StudyStatus
 
 
 def small_spec(name: str, **overrides) -> dict:
@@ -196,10 +194,6 @@ def test_stopping_a_queued_study_stops_it_at_once(client):
     stopped = client.post(f"/studies/{study_id}/stop")
     assert stopped.status_code == 202 and stopped.json()["status"] == "stopped"
     assert client.post(f"/studies/{study_id}/stop").json()["status"] == "stopped"  # finished: left as it is
-
-
-def test_the_cli_knows_every_finished_status():
-    assert set(TERMINAL) == {s.value for s in StudyStatus if s.finished}
 
 
 QUADRATIC = {"name": "quadratic", "params": {"dim": 10, "eig_max": 4.0}}

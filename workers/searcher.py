@@ -123,9 +123,8 @@ class OptunaStudySearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id not in self._trials:
             return
-        epoch_result = result and "epoch" in result and optuna_study.TRIAL_ERROR not in result
-        if epoch_result and len(self._history[trial_id]) <= int(result["epoch"]):  # type: ignore[index]
-            self.on_trial_result(trial_id, result)  # type: ignore[arg-type]  # Tune hands the last result only here
+        if result and "epoch" in result and len(self._history[trial_id]) <= int(result["epoch"]):
+            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.stop_requested.is_set(),
                                      metric=self._spec.objective.metric)
         self._finish(trial_id, end)

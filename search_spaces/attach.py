@@ -46,6 +46,10 @@ class ScheduleDriver(LRScheduler):
         """torch's name for the number of ``step()`` calls."""
         return self.driver.steps_done
 
+    @last_epoch.setter
+    def last_epoch(self, steps: int) -> None:
+        self.driver.steps_done = int(steps)
+
     def _apply(self) -> None:
         self.driver.prepare()
         self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
@@ -77,11 +81,14 @@ class ScheduleDriver(LRScheduler):
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if "steps_done" not in state_dict:
+            raise ValueError("state_dict was saved by another version of phasetune's scheduler (no 'steps_done')")
         if (state_dict["schedule"], state_dict["epochs"], state_dict["steps_per_epoch"]) != (
                 self.schedule, self.epochs, self.steps_per_epoch):
             raise ValueError("state_dict was saved for a different schedule, epochs or steps_per_epoch")
         self.driver.load_state_dict(state_dict)
-        # Re-apply: the optimizer's own state_dict restores lr too, but this also covers a fresh optimizer.
+        # Re-apply lr and momentum: the optimizer's own state_dict restores them too, but this also covers an
+        # optimizer that was not restored (the driver has just written the phase's stated settings into it).
         self._apply()
 
 

@@ -8,9 +8,10 @@ loop (``workers/train.py``) and ``attach`` (a user's own loop) both run schedule
 the same in a study and outside it. ``state_dict``/``load_state_dict`` cover the position, the loss-driven
 families' state and the optimizer's, so a checkpoint taken mid-phase resumes bit-identically.
 
-A fresh optimizer of the type already running is the same object with its state cleared and the phase's settings
-written: for torch's SGD, Adam and AdamW that is exactly what constructing one gives, and it keeps the object a
-user's loop holds. Only a change of type needs a new object, which only an owned optimizer can have.
+A fresh optimizer of the type already running is the same object with its state cleared and every group's
+hyperparameters set as constructing one for the phase sets them: for torch's SGD, Adam and AdamW that trains exactly
+as a new one would, and it keeps the object a user's loop holds. Only a change of type needs a new object, which
+only an owned optimizer can have.
 """
 
 from __future__ import annotations
@@ -174,17 +175,21 @@ class PhasedOptimizer:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume where ``state`` was taken: an owned optimizer becomes that phase's type, then takes its state."""
+        """Resume where ``state`` was taken: an owned optimizer becomes that phase's type and takes the saved
+        optimizer state (if saved); either way the phase's stated settings are written again."""
         for phase, family_state in zip(self.plan.phases, state["families"], strict=True):
             if family_state is not None:
                 phase.schedule.load_state_dict(family_state)
         self.steps_done = int(state["steps_done"])
         self._phase = int(state["phase"])
+        if self._phase < 0:
+            return  # taken before the first step: prepare() begins the first phase as usual
+        settings = self.plan.phases[self._phase].optimizer
+        if not self._adopted and type(self.optimizer) is not OPTIMIZER_TYPES[settings.type_name]:
+            self.optimizer = make_optimizer(settings, _groups(self.optimizer))
         if "optimizer" in state:
-            settings = self.plan.phases[max(self._phase, 0)].optimizer
-            if not self._adopted and type(self.optimizer) is not OPTIMIZER_TYPES[settings.type_name]:
-                self.optimizer = make_optimizer(settings, _groups(self.optimizer))
             self.optimizer.load_state_dict(state["optimizer"])
+        _write_stated_settings(self.optimizer, settings)
 
 
 def _check_adoptable(plan: Plan, optimizer: torch.optim.Optimizer) -> None:

@@ -93,8 +93,8 @@ def _edges(parsed: params.Param | list[params.Param], corner: int) -> Any:
     return values[min(corner, len(values) - 1)] if isinstance(parsed, params.Range) else values[0]
 
 
-def validate(spec: Any, loc: tuple, epochs: int, steps_per_epoch: int, default_family: str | None) -> None:
-    """Refuse a segment spec that cannot yield a valid schedule, naming the field."""
+def validate(spec: Any, loc: tuple, span_epochs: float, steps_per_epoch: int, default_family: str | None) -> None:
+    """Refuse a segment spec that cannot yield a valid schedule over ``span_epochs``, naming the field."""
     if not isinstance(spec, Mapping):
         raise SpecError(loc, "must be an object")
     family = family_of(spec, loc, default_family)
@@ -120,7 +120,7 @@ def validate(spec: Any, loc: tuple, epochs: int, steps_per_epoch: int, default_f
             corner["lr"] = corner.pop(EFFECTIVE_LR) * (1 - momentum[1 - i])
     if WARMUP in spec:
         _validate_warmup(spec[WARMUP], corners, (*loc, WARMUP))
-    horizon = Horizon(total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    horizon = Horizon(total_steps=round(span_epochs * steps_per_epoch), steps_per_epoch=steps_per_epoch)
     for corner in corners:
         try:
             build(family.name, corner, horizon)

@@ -48,11 +48,20 @@ def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int
     phases = space.get("phases")
     if not isinstance(phases, list) or not phases:
         raise SpecError(("phases",), "must be a non-empty list of phases")
-    for i, phase in enumerate(phases):
-        segment.validate(phase, ("phases", i), epochs, steps_per_epoch, default_family="constant")
     transitions = space.get("transition_epochs", [])
     if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
         raise SpecError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
+    bounds = [(0, 0), *_transition_bounds(transitions, epochs), (epochs, epochs)]
+    for i, phase in enumerate(phases):
+        # Checked over the longest span the phase can get: what fails there fails in every trial, so it is refused
+        # now (with constant boundaries, the exact span); what fails only in shorter draws ends those trials FAIL.
+        longest = bounds[i + 1][1] - bounds[i][0]
+        segment.validate(phase, ("phases", i), longest, steps_per_epoch, default_family="constant")
+
+
+def _transition_bounds(transitions: list[Any], epochs: int) -> list[tuple[float, float]]:
+    """Each boundary's (low, high) in epochs, checked: within [1, epochs - 1], strictly increasing."""
+    found: list[tuple[float, float]] = []
     previous: params.Param | None = None
     for i, raw in enumerate(transitions):
         loc = ("transition_epochs", i)
@@ -68,6 +77,8 @@ def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int
             if low <= prev_low or high <= prev_high:
                 raise SpecError(loc, "transition epochs must be strictly increasing")
         previous = parsed
+        found.append((low, high))
+    return found
 
 
 def _bounds(parsed: params.Param, loc: tuple) -> tuple[float, float]:

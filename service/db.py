@@ -13,6 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from workers.storage import engine_kwargs, open_storage
 
+ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backend: a larger one names nothing
+
 
 class Base(DeclarativeBase):
     pass

@@ -60,7 +60,12 @@ class Launcher:
         else:
             return
         self.connected.set()
-        for name in unfinished_studies(self._storage):
+        try:
+            unfinished = unfinished_studies(self._storage)
+        except Exception:  # noqa: BLE001  (they stay as they are; a later start of the API relaunches them)
+            logger.exception("phasetune: could not list the unfinished studies to relaunch")
+            unfinished = []
+        for name in unfinished:
             self._do(self._launch, name)
         while (job := self._queue.get()) is not _CLOSE:
             self._do(*job)  # type: ignore[misc]
@@ -72,14 +77,19 @@ class Launcher:
         except Exception:  # noqa: BLE001  (the study keeps its state; the next start of the API retries it)
             logger.exception("phasetune: %s of study %r failed", action.__name__, study_name)
 
+    def _status(self, study_name: str) -> StudyStatus:
+        return study_attrs.status_of(self._storage.get_study_user_attrs(
+            self._storage.get_study_id_from_name(study_name)))
+
     def _launch(self, study_name: str) -> None:
-        driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
+        if not self._status(study_name).finished:  # stopped while it waited here: nothing to run
+            driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
 
     def _end_if_orphaned(self, study_name: str) -> None:
         if driver.find_driver(self._settings.storage_url, study_name) is not None:
             return  # its driver reads the stop flag itself
-        study = optuna.load_study(study_name=study_name, storage=self._storage)
-        if not StudyStatus(study.user_attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value)).finished:
+        if not self._status(study_name).finished:
+            study = optuna.load_study(study_name=study_name, storage=self._storage)
             optuna_study.sweep_stale_trials(study)
             study.set_user_attr(study_attrs.STATUS, StudyStatus.STOPPED.value)
 
@@ -88,7 +98,6 @@ def unfinished_studies(storage: optuna.storages.BaseStorage) -> list[str]:
     """Names of phasetune's studies that are queued or running (one query for all studies, no trials)."""
     return [
         study.study_name for study in storage.get_all_studies()
-        if study_attrs.SPEC in study.user_attrs
-        and not StudyStatus(study.user_attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value)).finished
+        if study_attrs.SPEC in study.user_attrs and not study_attrs.status_of(study.user_attrs).finished
     ]
 

@@ -65,4 +65,8 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True) ->
     async def no_cluster(_: Request, err: probes.ClusterUnavailable) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(err)})
 
+    @app.exception_handler(probes.ProbeTimeout)
+    async def probe_timeout(_: Request, err: probes.ProbeTimeout) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_504_GATEWAY_TIMEOUT, content={"detail": str(err)})
+
     return app

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from search_spaces import SpecError
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.db import ProbeRecord
+from service.db import ID_MAX, ProbeRecord
 from service.launcher import Launcher
 from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
 from workers import probing
@@ -30,7 +31,11 @@ class ProbeNotFound(Exception):
 
 
 class ClusterUnavailable(Exception):
-    """No Ray cluster is connected (yet): a 503, the request may be retried."""
+    """No Ray cluster is connected (yet), or it could not run the probe: a 503, the request may be retried."""
+
+
+class ProbeTimeout(Exception):
+    """The probe did not finish in ``TIMEOUT_S`` (a stuck cluster, or a wait for a GPU it does not have): a 504."""
 
 
 def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRangeOptions:
@@ -56,8 +61,14 @@ def create(*, engine: Engine, launcher: Launcher | None, request: ProbeCreate) -
         raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
     workload = {"name": request.workload.name, "params": request.workload.params}
     by_kind = {"curvature": options} if request.kind is ProbeKind.CURVATURE else {"lr_range": options}
-    probes = probing.probe_remote(workload, request.seed, (request.kind,), cpus=request.resources.cpu,
-                                  gpus=request.resources.gpu, timeout=TIMEOUT_S, **by_kind)  # type: ignore[arg-type]
+    try:
+        probes = probing.probe_remote(workload, request.seed, (request.kind,), cpus=request.resources.cpu,
+                                      gpus=request.resources.gpu, timeout=TIMEOUT_S, **by_kind)  # type: ignore[arg-type]
+    except ray.exceptions.GetTimeoutError:
+        raise ProbeTimeout(f"the probe did not finish within {TIMEOUT_S} s; is the cluster short of "
+                           f"{request.resources}?") from None
+    except ray.exceptions.RayError as err:
+        raise ClusterUnavailable(f"the cluster could not run the probe: {err}") from None
     result = {**probes[request.kind.value], "units": probes["units"], "device": probes["device"]}
     record = ProbeRecord(kind=request.kind.value, workload=workload, seed=request.seed, options=asdict(options),
                          result=result)
@@ -70,7 +81,7 @@ def create(*, engine: Engine, launcher: Launcher | None, request: ProbeCreate) -
 
 def view(*, engine: Engine, probe_id: int) -> ProbeOut:
     with Session(engine) as session:
-        record = session.get(ProbeRecord, probe_id) if 0 <= probe_id <= 2**31 - 1 else None
+        record = session.get(ProbeRecord, probe_id) if 0 <= probe_id <= ID_MAX else None
         if record is None:
             raise ProbeNotFound(probe_id)
         return _out(record)

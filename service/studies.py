@@ -15,14 +15,13 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from service.db import ID_MAX
 from service.launcher import Launcher
 from service.schemas import StudyCreate, StudyOut, TrialOut
 from service.settings import Settings
 from workers import optuna_study, study_attrs
 from workers.spec import StudySpec
 from workers.study_attrs import StudyStatus
-
-STUDY_ID_MAX = 2**31 - 1  # Optuna's study ids are 32-bit integers in every backend
 
 
 class StudyExists(Exception):
@@ -53,7 +52,7 @@ def create(*, storage: optuna.storages.BaseStorage, settings: Settings, request:
 
 def _attrs(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
     """The study's user attrs; StudyNotFound unless it is a phasetune study."""
-    if not 0 <= study_id <= STUDY_ID_MAX:
+    if not 0 <= study_id <= ID_MAX:
         raise StudyNotFound(study_id)
     try:
         attrs = storage.get_study_user_attrs(study_id)
@@ -99,7 +98,7 @@ def view(*, storage: optuna.storages.BaseStorage, settings: Settings, study_id: 
     return StudyOut(
         id=study_id,
         name=storage.get_study_name_from_id(study_id),
-        status=StudyStatus(attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value)),
+        status=study_attrs.status_of(attrs),
         spec=attrs[study_attrs.SPEC],
         created_at=attrs.get(study_attrs.CREATED_AT),
         n_trials=len(trials),
@@ -129,7 +128,7 @@ def stop(*, storage: optuna.storages.BaseStorage, settings: Settings, study_id: 
     is gone. A finished study is left as it is.
     """
     attrs = _attrs(storage, study_id)
-    status = StudyStatus(attrs.get(study_attrs.STATUS, StudyStatus.QUEUED.value))
+    status = study_attrs.status_of(attrs)
     if not status.finished:
         storage.set_study_user_attr(study_id, study_attrs.STOP_REQUESTED, True)
         if status is StudyStatus.QUEUED:

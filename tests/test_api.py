@@ -190,3 +190,19 @@ def test_one_invalid_sample_does_not_fail_the_study(module_server):
         assert (trial["state"] == "FAIL") == broke_the_rule
         if broke_the_rule:
             assert "eta_min" in trial["user_attrs"]["fail_reason"] and "lr" in trial["user_attrs"]["fail_reason"]
+
+
+def test_an_error_inside_a_trial_fails_that_trial_only(module_server):
+    """A config that passes validation but cannot train (256 GB of weights) raises in the trial: that trial ends
+    FAIL with the exception as its reason, is not retried, and the study goes on to complete."""
+    spec = _constant("cannot-allocate", {"name": "digits", "params": {"hidden": 10**9}})
+    with module_server.client() as client:
+        created = client.post("/studies", json=spec)
+        assert created.status_code == 201, created.text
+        study = wait_for_status(client, created.json()["id"], ("completed", "failed", "stopped"))
+        trials = client.get(f"/studies/{created.json()['id']}/trials").json()
+    assert study["status"] == "completed", study.get("error")
+    assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
+    for trial in trials:
+        assert "RuntimeError" in trial["user_attrs"]["fail_reason"] and "allocate" in trial["user_attrs"]["fail_reason"]
+        assert "phasetune_swept" not in trial["user_attrs"]

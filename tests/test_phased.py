@@ -158,3 +158,23 @@ def test_attach_runs_every_phase_on_the_users_optimizer():
     adam = torch.optim.Adam(model.parameters(), lr=1.0, weight_decay=0.3)
     attach(unnamed, adam, 5, 4)
     assert adam.param_groups[0]["weight_decay"] == 0.3 and adam.param_groups[0]["lr"] == 0.05
+
+
+def test_resuming_into_a_fresh_optimizer_sets_the_phases_settings_up():
+    """A checkpoint of the schedule alone (the optimizer left new) still resumes inside the right phase."""
+    spe = 5
+    model = _model(0)
+    scheduler = attach(TWO_PHASE, torch.optim.SGD(model.parameters(), lr=1.0), spe, EPOCHS)
+    for _ in range(10):  # phase 2 begins at step 7
+        scheduler.step()
+    fresh = torch.optim.SGD(model.parameters(), lr=1.0)
+    resumed = attach(TWO_PHASE, fresh, spe, EPOCHS)
+    resumed.load_state_dict(scheduler.state_dict())
+    group = fresh.param_groups[0]
+    assert (group["weight_decay"], group["nesterov"], group["momentum"]) == (0.05, True, 0.9)
+    assert resumed.last_epoch == 10 and resumed.get_last_lr() == scheduler.get_last_lr()
+    owned = PhasedOptimizer(build_plan(SWITCHING, 4, spe), _model(1).parameters())
+    driver = PhasedOptimizer(build_plan(SWITCHING, 4, spe), model.parameters())
+    _run(driver, model, range(8))  # in phase 1, on Adam
+    owned.load_state_dict(driver.state_dict(include_optimizer=False))
+    assert isinstance(owned.optimizer, torch.optim.Adam) and owned.phase == 1

@@ -293,3 +293,15 @@ def test_json_round_trip_of_concrete_schedules(family: str) -> None:
     validate_schedule(again, EPOCHS, SPE)  # a concrete schedule is also a (degenerate) space
     plan = build_plan(again, EPOCHS, SPE)
     assert plan.total_steps == EPOCHS * SPE
+
+
+def test_a_phase_is_checked_over_the_span_it_can_get() -> None:
+    """A warmup of 3 epochs cannot fit a phase that ends at epoch 1: every trial would fail, so it is refused."""
+    def space(transition):
+        return {"family": "phases", "transition_epochs": [transition],
+                "phases": [{"family": "cosine", "lr": 0.1, "warmup": {"epochs": 3}}, {"lr": 0.01}]}
+
+    with pytest.raises(SpecError) as err:
+        validate_schedule(space(1), EPOCHS, SPE)
+    assert err.value.loc == ("phases", 0, "warmup", "epochs")
+    validate_schedule(space({"low": 1, "high": 6}), EPOCHS, SPE)  # long enough in some draws: those that are not fail

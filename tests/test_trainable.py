@@ -15,10 +15,12 @@ def test_a_deterministic_error_is_reported_not_retried(ray_client, tmp_path):
     # Valid at submission for no workload: the warmup is longer than the run, so building the plan raises.
     config = {"schedule": {"family": "cosine", "lr": 0.1, "warmup": {"epochs": 5}},
               "workload": {"name": "quadratic", "params": {}}, "epochs": 2,
-              "seeds": {"data": 0, "init": 0, "batch_order": 0}, "cpus": 1}
+              "seeds": {"data": 0, "init": 0, "batch_order": 0}, "metric": "val_loss", "cpus": 1}
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space=config,
+        # The metric the study's searcher names: Tune refuses a result without it (strict metric checking).
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min"),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )

@@ -31,9 +31,12 @@ class StudyDriver:
         self._thread.start()
 
     def _run(self, results_dir: str) -> None:
-        run_study(self._handle, results_dir)
-        # Done: free the name and the process. The outcome is in the storage; no restart for a finished run.
-        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        try:
+            run_study(self._handle, results_dir)
+        finally:
+            # Done, however it ended: free the name and the process (a later launch can start a new driver). The
+            # outcome is in the storage; no restart for a finished run.
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def stop(self) -> None:
         self._handle.stop_requested.set()

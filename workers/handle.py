@@ -35,9 +35,12 @@ class StudyHandle:
         return open_storage(self.storage_url)
 
     @cached_property
+    def study_id(self) -> int:
+        return self.storage.get_study_id_from_name(self.study_name)
+
+    @cached_property
     def spec(self) -> StudySpec:
-        study_id = self.storage.get_study_id_from_name(self.study_name)
-        return StudySpec.parse(self.storage.get_study_user_attrs(study_id)[study_attrs.SPEC])
+        return StudySpec.parse(self.storage.get_study_user_attrs(self.study_id)[study_attrs.SPEC])
 
     @cached_property
     def study(self) -> optuna.Study:
@@ -51,17 +54,22 @@ class StudyHandle:
         Path(directory).mkdir(parents=True, exist_ok=True)
         return FileSystemArtifactStore(directory)
 
-    def refresh_stop_flag(self) -> bool:
-        """True once a stop was requested here or (by any process) in the storage, read at most every second."""
+    def refresh_stop_flag(self, force: bool = False) -> bool:
+        """True once a stop was requested here or (by any process) in the storage, read at most every second
+        unless ``force``."""
         now = time.monotonic()
-        if not self.stop_requested.is_set() and now - self._stop_read_at >= STOP_POLL_S:
+        if not self.stop_requested.is_set() and (force or now - self._stop_read_at >= STOP_POLL_S):
             self._stop_read_at = now
             if self.study.user_attrs.get(study_attrs.STOP_REQUESTED):
                 self.stop_requested.set()
         return self.stop_requested.is_set()
 
+    def set_attr(self, key: str, value: Any) -> None:
+        """A study user attr, written without the spec (so also for a study whose spec no longer parses)."""
+        self.storage.set_study_user_attr(self.study_id, key, value)
+
     def set_status(self, status: study_attrs.StudyStatus) -> None:
-        self.study.set_user_attr(study_attrs.STATUS, status.value)
+        self.set_attr(study_attrs.STATUS, status.value)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"storage_url": self.storage_url, "study_name": self.study_name}

@@ -42,8 +42,9 @@ def create_study(storage: optuna.storages.BaseStorage, spec: StudySpec, attrs: M
     """Create the study and its user attrs; its id. ``DuplicatedStudyError`` if the name is taken.
 
     The name is claimed by the database's unique constraint (so of concurrent creations exactly one wins), and
-    ``SPEC`` is written last: a study is phasetune's once it has a spec. If writing the attrs fails, the study is
-    deleted again, so a failed creation leaves nothing behind.
+    ``SPEC`` is written last: a study is phasetune's once it has a spec. If writing the attrs raises, the study is
+    deleted again. (A process killed in between leaves an Optuna study without a spec: invisible to phasetune, but
+    holding the name until deleted with ``optuna delete-study``.)
     """
     study = optuna.create_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec),
                                 pruner=make_pruner(), direction=spec.objective.direction.value)

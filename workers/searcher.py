@@ -29,6 +29,7 @@ from workers.spec import Direction, StudySpec
 
 TrialState = optuna.trial.TrialState
 logger = logging.getLogger(__name__)
+PLOT_TIMEOUT_S = 60.0  # a trial's end waits this long at most for its picture (Tune's loop waits with it)
 
 
 class OptunaStudySearcher(Searcher):
@@ -94,6 +95,7 @@ class OptunaStudySearcher(Searcher):
             "workload": {"name": self._spec.workload.name, "params": dict(self._spec.workload.params)},
             "epochs": self._spec.epochs,
             "seeds": seeds.as_attrs(),
+            "metric": self._spec.objective.metric,  # an error result must carry it too (Tune's strict check)
             "cpus": self._spec.resources_per_trial.cpu,
         }
 
@@ -142,7 +144,7 @@ class OptunaStudySearcher(Searcher):
         plot = self._plots.pop(trial_id, None)
         if plot is not None:
             try:
-                plot.result()
+                plot.result(timeout=PLOT_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001  (a missing picture is no reason to lose a trial's result)
                 logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
                 trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")

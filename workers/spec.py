@@ -78,7 +78,8 @@ class StudySpec:
             workload, params = resolve_workload(raw["workload"]["name"], raw["workload"].get("params"))
         except SpecError as err:
             raise err.under("workload") from None
-        objective = Objective(raw["objective"]["metric"], Direction(raw["objective"].get("direction", "minimize")))
+        objective = Objective(raw["objective"]["metric"],
+                              Direction(raw["objective"].get("direction", Objective.direction)))
         if objective.metric not in workload.metrics:
             raise SpecError(("objective", "metric"),
                             f"workload {workload.name!r} reports {list(workload.metrics)}, not {objective.metric!r}")

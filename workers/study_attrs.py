@@ -8,6 +8,8 @@ driver restarted anywhere in the cluster needs only the storage URL and the stud
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 # Study user attrs.
 SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phasetune's
@@ -38,3 +40,8 @@ class StudyStatus(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.STOPPED)
+
+
+def status_of(attrs: Mapping[str, Any]) -> StudyStatus:
+    """A study's status from its user attrs (queued until a driver has written one)."""
+    return StudyStatus(attrs.get(STATUS, StudyStatus.QUEUED.value))

@@ -1,13 +1,15 @@
 """The Ray Tune trainable: build the workload and plan from the trial's config, train, report every epoch.
 
 An exception in this code is deterministic (the same config fails the same way on any node), so it is not left to
-Tune, which would retry it: it is reported as the trial's last result (``TRIAL_ERROR``) and the trial ends FAIL
-with it as the reason. Only a trial whose process or node is lost errors in Tune, and only that is retried.
+Tune, which would retry it: it is reported as the trial's last result (``TRIAL_ERROR``, with the objective metric as
+NaN, since Tune refuses a result without it) and the trial ends FAIL with it as the reason. Only a trial whose
+process or node is lost errors in Tune, and only that is retried.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import ray
@@ -26,9 +28,10 @@ def run_trial(config: dict[str, Any]) -> None:
     schedule (``OptunaStudySearcher._start``)."""
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray exposes a GPU only to trials that asked for one
-    context = ray.get_runtime_context()
-    where = {"ray_node_id": context.get_node_id(), "ray_node_ip": ray.util.get_node_ip_address(), "device": device}
+    where: dict[str, Any] = {"device": device}
     try:
+        context = ray.get_runtime_context()
+        where.update(ray_node_id=context.get_node_id(), ray_node_ip=ray.util.get_node_ip_address())
         seeds = Seeds(**config["seeds"])
         workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds).to(device)
         plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
@@ -41,4 +44,4 @@ def run_trial(config: dict[str, Any]) -> None:
 
         train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report)
     except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
-        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", "done": True, **where})
+        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", config["metric"]: math.nan, "done": True, **where})

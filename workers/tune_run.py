@@ -6,6 +6,7 @@ restarted driver resumes with the remaining trial budget.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from workers.searcher import OptunaStudySearcher
 from workers.study_attrs import StudyStatus
 from workers.trainable import run_trial
 
+logger = logging.getLogger(__name__)
 LOST_TRIAL_RETRIES = 2  # a trial whose process or node died is retried on another node this often
 
 
@@ -36,17 +38,23 @@ class _StopWhenRequested(tune.Stopper):
 
 
 def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
-    """Run (or resume) a study to the end of its budget; returns and records its final status."""
-    study, spec = handle.study, handle.spec
-    handle.refresh_stop_flag()
-    optuna_study.sweep_stale_trials(study)
-    handle.set_status(StudyStatus.RUNNING)
+    """Run (or resume) a study to the end of its budget; returns and records its final status.
+
+    A stop requested before the run (a study stopped while queued) ends it before anything runs, probes included.
+    Any failure, reading the study included, is recorded as the study's error (when the storage can take it).
+    """
     try:
+        study, spec = handle.study, handle.spec
+        optuna_study.sweep_stale_trials(study)
+        if handle.refresh_stop_flag(force=True):
+            handle.set_status(StudyStatus.STOPPED)
+            return StudyStatus.STOPPED
+        handle.set_status(StudyStatus.RUNNING)
         # Ranges in units of the model's own LRs: probe once, before the first trial.
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
         searcher = OptunaStudySearcher(handle, units=units)
-        if searcher.remaining() > 0 and not handle.stop_requested.is_set():
+        if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True):
             resources = spec.resources_per_trial
             tuner = tune.Tuner(
                 tune.with_resources(run_trial, {"cpu": resources.cpu, "gpu": resources.gpu}),
@@ -65,8 +73,18 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         optuna_study.sweep_stale_trials(study)  # nothing of this study may stay RUNNING once its driver is done
         status = StudyStatus.STOPPED if handle.stop_requested.is_set() else StudyStatus.COMPLETED
     except Exception:
-        optuna_study.sweep_stale_trials(study)
-        study.set_user_attr(study_attrs.ERROR, traceback.format_exc(limit=20))
-        status = StudyStatus.FAILED
+        _record_failure(handle, traceback.format_exc(limit=20))
+        return StudyStatus.FAILED
     handle.set_status(status)
     return status
+
+
+def _record_failure(handle: StudyHandle, error: str) -> None:
+    """The study failed: its error and status go to the storage, and nothing of it stays RUNNING."""
+    try:
+        handle.set_attr(study_attrs.ERROR, error)
+        handle.set_status(StudyStatus.FAILED)
+        optuna_study.sweep_stale_trials(handle.study)
+    except Exception:  # noqa: BLE001  (the storage itself failed: the log keeps the error, a restart retries)
+        logger.exception("phasetune: study %r failed and the storage could not take all of it:\n%s",
+                         handle.study_name, error)

@@ -32,7 +32,7 @@ LOSS_KINDS = ("cross_entropy", "mse", "half_sum_squares")
 MODES = ("train", "eval")
 
 # PROBE_BATCH (options.py), the default size of the fixed probe batch (bench/probe_cost.py). λ0 of a random subset
-# is biased upwards# (λ_max is convex, a few large-gradient examples dominate a small average), so a small batch gives a
+# is biased upwards (λ_max is convex, a few large-gradient examples dominate a small average), so a small batch gives a
 # conservative lr_crit: at 256, ps10 is within 2% of the full-set λ0 and digits within +6..42% (64: up to
 # 5x). The probe then costs 0.35-0.5 epochs of training on the built-in workloads, under 5% of a 10-epoch
 # trial. It runs once per study, so its share of a whole study is far smaller.

@@ -12,7 +12,8 @@ router = APIRouter(prefix="/probes", tags=["probes"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,
-             responses={503: {"description": "no Ray cluster is connected yet"}})
+             responses={503: {"description": "no Ray cluster is connected, or it could not run the probe"},
+                        504: {"description": "the probe did not finish in time"}})
 def create_probe(request: ProbeCreate, engine: EngineDep, launcher: LauncherDep) -> ProbeOut:
     """Run the probe on Ray (waits for it) and store the result. 422 naming the field if the request is invalid."""
     return probes.create(engine=engine, launcher=launcher, request=request)

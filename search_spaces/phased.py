@@ -32,15 +32,18 @@ OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
 ADAM_BETA1 = 0.9  # torch's default beta1, where a phase leaves momentum unset
 
 
+GROUP_SCALES = ("lr_scale", "weight_decay_scale")  # per-group multipliers of the schedule's lr and the phase's decay
+
+
 def apply_to_optimizer(optimizer: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
-    """Write ``lr`` and, unless None, ``momentum`` into every param group.
+    """Write ``lr`` (times a group's ``lr_scale``, default 1) and, unless None, ``momentum`` into every param group.
 
     Momentum goes to ``momentum`` (SGD, RMSprop) or to ``betas[0]`` (Adam, AdamW: beta1 plays momentum's role,
     as in torch's ``OneCycleLR``). A group with neither key cannot take a momentum: that is a ValueError, not a
     silent no-op.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         if momentum is None:
             continue
         if "betas" in group:
@@ -71,12 +74,13 @@ def make_optimizer(settings: OptimizerSettings, params: Iterable[Any]) -> torch.
 
 
 def _write_stated_settings(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> None:
-    """The weight decay and nesterov the phase states (unstated ones stay the optimizer's), in every group."""
+    """The weight decay (times a group's ``weight_decay_scale``, default 1) and nesterov the phase states (unstated
+    ones stay the optimizer's), in every group."""
     for group in optimizer.param_groups:
         if settings.weight_decay is not None:
             if "weight_decay" not in group and settings.weight_decay:
                 raise ValueError(f"{type(optimizer).__name__} has no weight_decay to set {settings.weight_decay} on")
-            group["weight_decay"] = settings.weight_decay
+            group["weight_decay"] = settings.weight_decay * group.get("weight_decay_scale", 1.0)
         if settings.nesterov is not None and "nesterov" in group:
             group["nesterov"] = settings.nesterov
 
@@ -91,7 +95,9 @@ def _refresh(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> N
 
 
 def _groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    return [{"params": group["params"]} for group in optimizer.param_groups]
+    """The optimizer's param groups for a new optimizer: their parameters and scales, nothing of the old type."""
+    return [{"params": group["params"], **{key: group[key] for key in GROUP_SCALES if key in group}}
+            for group in optimizer.param_groups]
 
 
 class PhasedOptimizer:

@@ -153,6 +153,26 @@ def cmd_stop(args: argparse.Namespace) -> None:
     print(f"phasetune: study {study['id']} {study['status']}")  # noqa: T201
 
 
+def cmd_workloads(args: argparse.Namespace) -> None:
+    """The registered workloads (``GET /workloads``): name, where it comes from, its params and metrics."""
+    entries = _call(args, "GET", "/workloads")
+    if args.json:
+        _print(entries)
+        return
+    for entry in entries:
+        origin = f"{entry['distribution']} {entry['version']}"
+        if entry.get("error"):
+            print(f"{entry['name']}  ({origin})  FAILED TO LOAD: {entry['error']}")  # noqa: T201
+            continue
+        print(f"{entry['name']}  ({origin})  {entry['description']}")  # noqa: T201
+        for param in entry["params"]:
+            default = "required" if param["required"] else f"default {param['default']!r}"
+            print(f"    {param['name']}: {param['kind']}, {default}  {param['help']}")  # noqa: T201
+        metrics = ", ".join(f"{m['name']} ({'max' if m['direction'] == 'maximize' else 'min'})"
+                            for m in entry["metrics"])
+        print(f"    metrics: {metrics}")  # noqa: T201
+
+
 def cmd_schedule_plot(args: argparse.Namespace) -> None:
     from search_spaces import SpecError
     from search_spaces.plot import plot_schedule
@@ -233,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_command("best", cmd_best, "the best trial and its schedule").add_argument(
         "--json", action="store_true", help="print only the schedule JSON (usable with search_spaces.attach)")
     client_command("stop", cmd_stop, "stop a study's trials")
+    client_command("workloads", cmd_workloads, "the registered workloads: params, metrics, origin",
+                   with_id=False).add_argument("--json", action="store_true", help="print the API's JSON")
 
     probe = client_command("probe", cmd_probe, "run a regime probe on a workload (POST /probes)", with_id=False)
     probe.add_argument("kind", choices=["curvature", "lr_range"])

@@ -15,6 +15,7 @@ from service.launcher import Launcher
 from service.routes import health
 from service.routes import probes as probes_routes
 from service.routes import studies as studies_routes
+from service.routes import workloads as workloads_routes
 from service.settings import Settings, get_settings
 from workers.storage import open_storage
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True) ->
     app.include_router(health.router)
     app.include_router(studies_routes.router)
     app.include_router(probes_routes.router)
+    app.include_router(workloads_routes.router)
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, err: SpecError) -> JSONResponse:

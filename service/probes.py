@@ -15,6 +15,7 @@ from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.db import ID_MAX, ProbeRecord
 from service.launcher import Launcher
 from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
+from service.settings import Settings
 from workers import probing
 from workers.probing import ProbeKind
 from workers.workloads import resolve as resolve_workload
@@ -51,11 +52,15 @@ def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRange
     return options
 
 
-def create(*, engine: Engine, launcher: Launcher | None, request: ProbeCreate) -> ProbeOut:
+def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, request: ProbeCreate) -> ProbeOut:
     try:
-        resolve_workload(request.workload.name, request.workload.params)
+        spec, _ = resolve_workload(request.workload.name, request.workload.params, settings.data_root)
     except SpecError as err:
         raise err.under("workload") from None
+    try:
+        probing.check_supported(request.kind, spec.name, spec.loss_kind)
+    except probing.ProbeUnsupported as err:
+        raise SpecError(("kind",), str(err)) from None
     options = _options(request.kind, request.options)
     if launcher is None or not launcher.connected.is_set():
         raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
@@ -63,7 +68,8 @@ def create(*, engine: Engine, launcher: Launcher | None, request: ProbeCreate) -
     by_kind = {"curvature": options} if request.kind is ProbeKind.CURVATURE else {"lr_range": options}
     try:
         probes = probing.probe_remote(workload, request.seed, (request.kind,), cpus=request.resources.cpu,
-                                      gpus=request.resources.gpu, timeout=TIMEOUT_S, **by_kind)  # type: ignore[arg-type]
+                                      gpus=request.resources.gpu, timeout=TIMEOUT_S, data_root=settings.data_root,
+                                      **by_kind)  # type: ignore[arg-type]
     except ray.exceptions.GetTimeoutError:
         raise ProbeTimeout(f"the probe did not finish within {TIMEOUT_S} s; is the cluster short of "
                            f"{request.resources}?") from None

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
-from workers.spec import Direction, Objective, Resources, SamplerName, SamplerSpec, StudySpec
+from workers.spec import Direction, Resources, SamplerName, SamplerSpec, StudySpec
 from workers.study_attrs import StudyStatus
 
 
@@ -27,7 +27,7 @@ class WorkloadIn(BaseModel):
 class ObjectiveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: str
-    direction: Direction = Objective.direction
+    direction: Direction | None = Field(None, description="default: the metric's own (accuracy up, losses down)")
 
 
 class SamplerIn(BaseModel):
@@ -90,6 +90,35 @@ class StudyOut(BaseModel):
     best_trial: TrialOut | None
     error: str | None = None
     dashboard_url: str | None = None
+
+
+class ParamOut(BaseModel):
+    name: str
+    kind: str  # int | float | bool | str | path (relative to the service's data root)
+    default: Any = None
+    required: bool = False
+    help: str = ""
+    low: int | float | None = None
+    high: int | float | None = None
+    choices: list[Any] | None = None
+
+
+class MetricOut(BaseModel):
+    name: str
+    direction: Direction
+    final: bool = False  # reported once, at a trial's end, on the test split: never an objective
+
+
+class WorkloadOut(BaseModel):
+    name: str
+    distribution: str  # the installed distribution that registers it
+    version: str
+    description: str = ""
+    params: list[ParamOut] = Field(default_factory=list)
+    metrics: list[MetricOut] = Field(default_factory=list)
+    loss_kind: str | None = None  # set: the curvature probe (lr_crit) supports its loss
+    unavailable: str | None = None  # set: what this machine lacks to run it (a 422 names it too)
+    error: str | None = None  # set: its plugin failed to load (nothing else is)
 
 
 class CurvatureOptionsIn(BaseModel):

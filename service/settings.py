@@ -5,7 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.workloads.paths import default_data_root
 
 DATA_DIR = Path(".phasetune")
 
@@ -22,6 +25,9 @@ class Settings(BaseSettings):
     results_dir: str = str((DATA_DIR / "ray_results").resolve())
     # Trial artifacts (each trial's schedule plot); the dashboard is started with it. Shared storage in a cluster.
     artifacts_dir: str = str((DATA_DIR / "artifacts").resolve())
+    # Where workloads' `path` params point (npz files, image folders): nothing outside it is opened. Shared storage,
+    # mounted at the same path on every Ray node, in a cluster.
+    data_root: str = Field(default_factory=lambda: str(default_data_root()))
     start_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080

@@ -35,7 +35,7 @@ class StudyNotFound(Exception):
 def create(*, storage: optuna.storages.BaseStorage, settings: Settings, request: StudyCreate,
            launcher: Launcher | None) -> StudyOut:
     """Validate, store atomically (one winner per name), and hand to the launcher if this app runs studies."""
-    spec = StudySpec.parse(request.model_dump(mode="json"))
+    spec = StudySpec.parse({**request.model_dump(mode="json"), "data_root": settings.data_root})
     attrs = {
         study_attrs.STATUS: StudyStatus.QUEUED.value,
         study_attrs.CREATED_AT: datetime.now(timezone.utc).isoformat(),

@@ -109,6 +109,12 @@ def storage_url(request, tmp_path) -> Iterator[str]:
         yield from _postgres_database()
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (where SQLite is covered by another test of the same path)."""
+    yield from _postgres_database()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def module_storage_url(request, tmp_path_factory) -> Iterator[str]:
     if request.param == "sqlite":
@@ -120,7 +126,7 @@ def module_storage_url(request, tmp_path_factory) -> Iterator[str]:
 class Server:
     """`phasetune serve` as a real process on a free port; restartable, and stopped by PID at the end."""
 
-    def __init__(self, storage_url: str, ray_address: str, workdir: Path) -> None:
+    def __init__(self, storage_url: str, ray_address: str, workdir: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -132,6 +138,8 @@ class Server:
             "PHASETUNE_RESULTS_DIR": str(workdir / "ray_results"),
             "PHASETUNE_ARTIFACTS_DIR": str(workdir / "artifacts"),
             "PHASETUNE_API_URL": self.url,
+            "PHASETUNE_DATA_ROOT": str(workdir / "data"),
+            **env,
         }
         self.process: subprocess.Popen | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -16,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
+from tests.data_helpers import make_npz
+from workers.workloads import workloads
 
 
 def small_spec(name: str, **overrides) -> dict:
@@ -49,10 +52,20 @@ def storage(module_storage_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(storage: str, tmp_path_factory) -> TestClient:
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_npz(root)
+    outside = tmp_path_factory.mktemp("outside")
+    make_npz(outside, "secret.npz")
+    (root / "escape.npz").symlink_to(outside / "secret.npz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(storage: str, data_root: Path, tmp_path_factory) -> TestClient:
     workdir = tmp_path_factory.mktemp("api")
     settings = Settings(storage_url=storage, start_dashboard=False, results_dir=str(workdir / "results"),
-                        artifacts_dir=str(workdir / "artifacts"))
+                        artifacts_dir=str(workdir / "artifacts"), data_root=str(data_root))
     with TestClient(create_app(settings, run_studies=False)) as test_client:
         yield test_client
 
@@ -111,6 +124,60 @@ def test_invalid_spec_gets_422_naming_the_field(client, path, value, loc):
     locs = [d["loc"] for d in response.json()["detail"]]
     assert loc in locs, locs
     assert client.get("/studies").json() == before  # nothing half-created
+
+
+def _npz_study(path: str) -> dict:
+    return small_spec("on-npz", workload={"name": "npz", "params": {"path": path}}, objective={"metric": "val_loss"})
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../data/blobs.npz", "escape.npz", "missing.npz", ""])
+def test_a_path_outside_the_data_root_is_refused(client, path):
+    response = client.post("/studies", json=_npz_study(path))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "workload", "params", "path"]
+
+
+def test_a_study_on_the_data_root_is_accepted_and_records_it(client, data_root):
+    response = client.post("/studies", json=_npz_study("blobs.npz"))
+    assert response.status_code == 201, response.text
+    spec = response.json()["spec"]
+    assert spec["workload"]["params"]["path"] == "blobs.npz" and spec["data_root"] == str(data_root)
+    assert spec["objective"]["direction"] == "minimize"  # the metric's own: a loss goes down
+
+
+def test_the_workloads_route_lists_every_registered_workload(client):
+    listed = {w["name"]: w for w in client.get("/workloads").json()}
+    assert {"ps10", "digits", "quadratic", "fashion_mnist", "npz", "image_folder"} <= set(listed)
+    digits = listed["digits"]
+    assert (digits["distribution"], digits["loss_kind"], digits["error"]) == ("phasetune", "cross_entropy", None)
+    assert {m["name"]: m["direction"] for m in digits["metrics"]} == {
+        "train_loss": "minimize", "val_loss": "minimize", "val_accuracy": "maximize"}
+    assert {p["name"]: (p["kind"], p["default"]) for p in digits["params"]} == {
+        "hidden": ("int", 64), "batch_size": ("int", 64), "val_fraction": ("float", 0.2)}
+    path = next(p for p in listed["npz"]["params"] if p["name"] == "path")
+    assert path["kind"] == "path" and path["required"]
+    assert [m["name"] for m in listed["fashion_mnist"]["metrics"] if m["final"]] == ["test_loss", "test_accuracy"]
+    unknown = client.post("/studies", json=small_spec("mycnn", workload={"name": "mycnn"}))
+    assert unknown.status_code == 422 and "'image_folder'" in unknown.json()["detail"][0]["msg"]
+
+
+def test_fashion_mnist_without_its_files_names_the_package(client, monkeypatch, tmp_path):
+    monkeypatch.setenv("PHASETUNE_FASHION_MNIST_DIR", str(tmp_path))
+    spec = small_spec("fm", workload={"name": "fashion_mnist", "params": {}})
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "workload", "name"] and "apt-get install dataset-fashion-mnist" in detail["msg"]
+    assert "dataset-fashion-mnist" in next(w for w in client.get("/workloads").json()
+                                           if w["name"] == "fashion_mnist")["unavailable"]
+
+
+@pytest.mark.skipif(workloads()["fashion_mnist"].unavailable() is not None, reason="dataset-fashion-mnist missing")
+def test_test_metrics_are_never_an_objective(client):
+    spec = small_spec("fm-test", workload={"name": "fashion_mnist", "params": {}},
+                      objective={"metric": "test_accuracy", "direction": "maximize"})
+    response = client.post("/studies", json=spec)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "objective", "metric"]
 
 
 def test_multi_boundary_phases_are_checked(client):

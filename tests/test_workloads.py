@@ -10,8 +10,7 @@ import torch
 
 from search_spaces.errors import SpecError
 from workers.seeding import Seeds
-from workers.workloads import WORKLOADS, Workload, build_workload, resolve, steps_per_epoch
-from workers.workloads.base import LOSS_KINDS
+from workers.workloads import LOSS_KINDS, Workload, build_workload, registered, resolve, steps_per_epoch, workloads
 
 # Small params keep every test well under a second; defaults are exercised in the training tests.
 SMALL: dict[str, dict[str, Any]] = {
@@ -54,14 +53,15 @@ def _val_accuracy(w: Workload) -> float:
         return (w.model(w.val_x).argmax(-1) == w.val_y).float().mean().item()
 
 
-def test_registry() -> None:
-    assert set(NAMES) <= set(WORKLOADS)
+def test_the_built_ins_are_plugins_registered_by_phasetune() -> None:
     for name in NAMES:
-        spec = WORKLOADS[name]
+        entry = registered()[name]
+        assert entry.distribution == "phasetune" and entry.error is None and entry.spec is workloads()[name]
+        spec = entry.spec
         assert spec.name == name
         w = build_workload(name, SMALL[name], seed=0)
         assert w.name == name and w.metrics == spec.metrics and w.loss_kind in LOSS_KINDS
-        assert spec.metrics[:2] == ("train_loss", "val_loss")
+        assert list(spec.epoch_metrics())[:2] == ["train_loss", "val_loss"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,7 +116,8 @@ def test_sizes() -> None:
     assert digits.train_x.shape == (1438, 64) and digits.val_x.shape == (359, 64)
     assert digits.steps_per_epoch == 15
     quad = build_workload("quadratic", {"dim": 5, "steps_per_epoch": 7}, seed=0)
-    assert quad.steps_per_epoch == 7 and quad.train_y.shape == (7, 5) and quad.metrics == ("train_loss", "val_loss")
+    assert quad.steps_per_epoch == 7 and quad.train_y.shape == (7, 5)
+    assert list(quad.spec.epoch_metrics()) == ["train_loss", "val_loss"]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_quadratic_dim_one() -> None:
 
 def test_resolve_fills_defaults() -> None:
     spec, full = resolve("ps10", {"noise": 0.1})
-    assert spec is WORKLOADS["ps10"] and full == {**spec.defaults, "noise": 0.1}
+    assert spec is workloads()["ps10"] and full == {**spec.defaults, "noise": 0.1}
 
 
 @pytest.mark.parametrize(

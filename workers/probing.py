@@ -20,17 +20,17 @@ import torch
 
 from search_spaces import presets
 from search_spaces.probes import (
+    LOSS_KINDS,
     CurvatureOptions,
     LRRangeOptions,
     estimate_curvature,
     lr_range_test,
-    probe_batch,
     probe_units,
     result_to_dict,
 )
 from workers import study_attrs
 from workers.spec import StudySpec
-from workers.workloads import build_workload
+from workers.workloads import TensorSplit, build_workload
 
 
 class ProbeKind(str, enum.Enum):
@@ -42,9 +42,20 @@ class ProbeFailed(RuntimeError):
     """The probes ran but did not give a unit the study's schedule needs."""
 
 
+class ProbeUnsupported(ValueError):
+    """The workload's loss is not one whose output Hessian the curvature probe knows (its ``loss_kind`` is None)."""
+
+
+def check_supported(kind: ProbeKind, workload_name: str, loss_kind: str | None) -> None:
+    if kind is ProbeKind.CURVATURE and loss_kind is None:
+        raise ProbeUnsupported(
+            f"workload {workload_name!r} has a loss the curvature probe does not know (it declares no loss_kind; "
+            f"the probe supports {list(LOSS_KINDS)}): lr_crit cannot be measured, the LR range test (lr_div) can")
+
+
 def run_probes(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind] = tuple(ProbeKind),
                curvature: CurvatureOptions | None = None, lr_range: LRRangeOptions | None = None,
-               device: str | None = None) -> dict[str, Any]:
+               device: str | None = None, data_root: str | None = None) -> dict[str, Any]:
     """Run the probes ``kinds`` on the workload ``{"name", "params"}`` built with ``seed`` (every stream).
 
     Args:
@@ -54,6 +65,7 @@ def run_probes(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind
         curvature: the curvature probe's options (default: its defaults).
         lr_range: the range test's options; its ``batch_size`` defaults to the workload's.
         device: "cpu" or "cuda"; default: CUDA when this process sees a GPU.
+        data_root: where the workload's ``path`` params are (the study's data root).
 
     Returns:
         ``{kind: result_to_dict(result) + {"seconds"}, ..., "units": probe_units(...), "device": device}``.
@@ -61,20 +73,25 @@ def run_probes(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind
     kinds = {ProbeKind(kind) for kind in kinds}
     curvature, lr_range = curvature or CurvatureOptions(), lr_range or LRRangeOptions()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    w = build_workload(workload["name"], workload.get("params"), seed).to(device)
+    w = build_workload(workload["name"], workload.get("params"), seed, data_root).to(device)
+    for kind in kinds:
+        check_supported(kind, w.name, w.loss_kind)
     out: dict[str, Any] = {"device": device}
     curvature_result = range_result = None
+    train = w.data.train
     if ProbeKind.CURVATURE in kinds:
         started = time.perf_counter()
-        x, y = probe_batch(w.train_x, w.train_y, max_examples=curvature.probe_batch, seed=seed)
+        x, y = w.sample(train, curvature.probe_batch, seed)
         curvature_result = estimate_curvature(w.model, x, y, w.loss_kind, iters=curvature.iters, tol=curvature.tol,
                                               mode=curvature.mode, seed=seed)
         out["curvature"] = {**result_to_dict(curvature_result), "seconds": time.perf_counter() - started}
     if ProbeKind.LR_RANGE in kinds:
         started = time.perf_counter()
-        range_result = lr_range_test(w.model, w.train_x, w.train_y, w.loss_kind, lr_low=lr_range.lr_low,
-                                     lr_high=lr_range.lr_high, steps=lr_range.steps,
-                                     batch_size=lr_range.batch_size or w.batch_size, seed=seed)
+        batch_size = lr_range.batch_size or w.batch_size
+        # Tensors: the whole training split; a Dataset: as many examples as the ramp's steps can visit.
+        x, y = w.sample(train, len(train) if isinstance(train, TensorSplit) else lr_range.steps * batch_size, seed)
+        range_result = lr_range_test(w.model, x, y, w.loss_kind or w.loss, lr_low=lr_range.lr_low,
+                                     lr_high=lr_range.lr_high, steps=lr_range.steps, batch_size=batch_size, seed=seed)
         out["lr_range"] = {**result_to_dict(range_result), "seconds": time.perf_counter() - started}
     out["units"] = probe_units(curvature_result, range_result)
     return out
@@ -82,19 +99,21 @@ def run_probes(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind
 
 @ray.remote(max_retries=1)
 def _probe_task(workload: Mapping[str, Any], seed: int, kinds: tuple[ProbeKind, ...], curvature: dict[str, Any],
-                lr_range: dict[str, Any], threads: int) -> dict[str, Any]:
+                lr_range: dict[str, Any], threads: int, data_root: str | None) -> dict[str, Any]:
     torch.set_num_threads(max(1, threads))
     # Ray exposes a GPU only to tasks that asked for one, as for trials.
-    return run_probes(workload, seed, kinds, CurvatureOptions(**curvature), LRRangeOptions(**lr_range))
+    return run_probes(workload, seed, kinds, CurvatureOptions(**curvature), LRRangeOptions(**lr_range),
+                      data_root=data_root)
 
 
 def probe_remote(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind] = tuple(ProbeKind),
                  curvature: CurvatureOptions | None = None, lr_range: LRRangeOptions | None = None,
-                 cpus: float = 1, gpus: float = 0, timeout: float | None = None) -> dict[str, Any]:
+                 cpus: float = 1, gpus: float = 0, timeout: float | None = None,
+                 data_root: str | None = None) -> dict[str, Any]:
     """``run_probes`` as a Ray task with a trial's resources (``num_gpus`` as the study's trials); waits for it."""
     ref = _probe_task.options(num_cpus=cpus, num_gpus=gpus).remote(
         dict(workload), seed, tuple(kinds), asdict(curvature or CurvatureOptions()),
-        asdict(lr_range or LRRangeOptions()), int(cpus))
+        asdict(lr_range or LRRangeOptions()), int(cpus), data_root)
     return ray.get(ref, timeout=timeout)
 
 
@@ -111,7 +130,7 @@ def ensure_units(study: Any, spec: StudySpec) -> dict[str, float]:
     kinds = (ProbeKind.CURVATURE,) + ((ProbeKind.LR_RANGE,) if "lr_div" in needed else ())
     workload = {"name": spec.workload.name, "params": dict(spec.workload.params)}
     resources = spec.resources_per_trial
-    probes = probe_remote(workload, spec.seed, kinds, cpus=resources.cpu, gpus=resources.gpu)
+    probes = probe_remote(workload, spec.seed, kinds, cpus=resources.cpu, gpus=resources.gpu, data_root=spec.data_root)
     missing = sorted(needed - set(probes["units"]))
     if missing:
         summary = {k: probes.get(k, {}).get(f) for k, f in (("curvature", "lambda0"), ("lr_range", "lr_div"))}

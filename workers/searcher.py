@@ -26,6 +26,7 @@ from workers import optuna_study, study_attrs
 from workers.handle import StudyHandle
 from workers.optuna_study import TrialEnd, TrialOutcome
 from workers.spec import Direction, StudySpec
+from workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
 logger = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ class OptunaStudySearcher(Searcher):
     @property
     def _spec(self) -> StudySpec:
         return self._handle.spec
+
+    @cached_property
+    def _epoch_keys(self) -> tuple[str, ...]:
+        """What each epoch's record in the ``metrics`` attr holds: the loop's own keys and the workload's metrics."""
+        workload = workloads()[self._spec.workload.name]
+        return (*study_attrs.EPOCH_KEYS, *workload.epoch_metrics())
+
+    @cached_property
+    def _final_keys(self) -> frozenset[str]:
+        return frozenset(workloads()[self._spec.workload.name].final_metrics())
 
     @cached_property
     def _plotter(self) -> ThreadPoolExecutor:
@@ -96,6 +107,7 @@ class OptunaStudySearcher(Searcher):
             "epochs": self._spec.epochs,
             "seeds": seeds.as_attrs(),
             "metric": self._spec.objective.metric,  # an error result must carry it too (Tune's strict check)
+            "data_root": self._spec.data_root,
             "cpus": self._spec.resources_per_trial.cpu,
         }
 
@@ -106,7 +118,7 @@ class OptunaStudySearcher(Searcher):
         epoch = int(result["epoch"])
         # A retried trial starts again at epoch 0: its curve restarts rather than mixing two runs.
         history = self._history[trial_id][:epoch]
-        history.append({k: result.get(k) for k in study_attrs.EPOCH_METRICS if k in result})
+        history.append({k: result.get(k) for k in self._epoch_keys if k in result})
         self._history[trial_id] = history
         value = result.get(self._spec.objective.metric)
         if value is not None and math.isfinite(value):
@@ -117,6 +129,9 @@ class OptunaStudySearcher(Searcher):
             "realized_momentum": [h["momentum"] for h in history],
             **json.loads(result.get("schedule_attrs") or "{}"),
         }
+        final = {k: v for k, v in result.items() if k in self._final_keys}
+        if final:  # the test split's metrics, reported once with the last epoch
+            attrs["test_metrics"] = final
         if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
             attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device")})
         for key, attr in attrs.items():

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from search_spaces import SpecError, validate_schedule
+from search_spaces import SpecError, presets, validate_schedule
 from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
 from workers.workloads import resolve as resolve_workload
+from workers.workloads import runtime_params, workload_steps
 
 
 class Direction(str, enum.Enum):
@@ -70,24 +71,26 @@ class StudySpec:
     resources_per_trial: Resources = field(default_factory=Resources)
     seed: int = 0  # the study's seed: data, initial weights and batch order (per ``seed_policy``), and the sampler's
     seed_policy: SeedPolicy = field(default_factory=SeedPolicy)
+    data_root: str | None = None  # where the workload's ``path`` params are: the service's, recorded at submission
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> StudySpec:
         """The spec of a shape-checked request (or a stored ``to_dict``); SpecError naming the field if invalid."""
+        data_root = raw.get("data_root")
         try:
-            workload, params = resolve_workload(raw["workload"]["name"], raw["workload"].get("params"))
+            workload, params = resolve_workload(raw["workload"]["name"], raw["workload"].get("params"), data_root)
+            steps_per_epoch = workload_steps(workload, runtime_params(workload, params, data_root))
         except SpecError as err:
             raise err.under("workload") from None
-        objective = Objective(raw["objective"]["metric"],
-                              Direction(raw["objective"].get("direction", Objective.direction)))
-        if objective.metric not in workload.metrics:
-            raise SpecError(("objective", "metric"),
-                            f"workload {workload.name!r} reports {list(workload.metrics)}, not {objective.metric!r}")
-        epochs, steps_per_epoch = int(raw["epochs"]), workload.steps_per_epoch(params)
+        objective = _objective(raw["objective"], workload.epoch_metrics(), workload.name)
+        epochs = int(raw["epochs"])
         try:
             validate_schedule(raw["schedule"], epochs, steps_per_epoch)
         except SpecError as err:
             raise err.under("schedule") from None
+        if "lr_crit" in presets.required_units(raw["schedule"]) and workload.loss_kind is None:
+            raise SpecError(("schedule",), f"ranges in units of lr_crit need the curvature probe, which does not "
+                                           f"know workload {workload.name!r}'s loss (it declares no loss_kind)")
         sampler = raw.get("sampler") or {}
         policy = raw.get("seed_policy") or {}
         return cls(
@@ -103,6 +106,7 @@ class StudySpec:
             resources_per_trial=_build(Resources, raw.get("resources_per_trial") or {}, cpu=float, gpu=float),
             seed=int(raw.get("seed", cls.seed)),
             seed_policy=_build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope),
+            data_root=data_root,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +122,19 @@ class StudySpec:
     def trial_seeds(self, trial_number: int) -> Seeds:
         """The seeds trial ``trial_number`` trains with, under this study's seed policy."""
         return trial_seeds(self.seed, self.seed_policy, trial_number)
+
+
+def _objective(raw: Mapping[str, Any], reported: Mapping[str, bool], workload: str) -> Objective:
+    """The objective: a metric every epoch reports; its direction, unless given, the metric's own."""
+    metric = raw["metric"]
+    if metric not in reported:
+        why = " (test metrics are reported once, at the end: never an objective)" if metric.startswith("test_") else ""
+        raise SpecError(("objective", "metric"), f"workload {workload!r} reports {list(reported)} every epoch, "
+                                                 f"not {metric!r}{why}")
+    direction = raw.get("direction")
+    if direction is None:
+        direction = Direction.MAXIMIZE if reported[metric] else Direction.MINIMIZE
+    return Objective(metric, Direction(direction))
 
 
 def _build(cls: type, raw: Mapping[str, Any], **convert: Any) -> Any:

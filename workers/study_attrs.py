@@ -27,7 +27,7 @@ SEEDS = "seeds"  # the seeds it used: {"data", "init", "batch_order"}
 FAIL_REASON = "fail_reason"  # why it ended FAIL, naming the fields where a sample broke a rule
 SWEPT = "phasetune_swept"  # failed by the stale-trial sweeper, not by its own training
 
-EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "momentum", "phase", "seconds")
+EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds")  # beside the workload's metrics, in each epoch's record
 
 
 class StudyStatus(str, enum.Enum):

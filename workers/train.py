@@ -22,68 +22,49 @@ from workers.workloads import Workload
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-@torch.no_grad()
-def evaluate(workload: Workload, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean loss and accuracy (NaN where the workload has no classes) over ``x``."""
-    model = workload.model
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for start in range(0, len(x), batch_size):
-        out = model(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss_sum += workload.loss(out, target) * len(target)
-        if workload.loss_kind == "cross_entropy":
-            correct += (out.argmax(dim=-1) == target).sum()
-    n = len(x)
-    accuracy = (correct / n).item() if workload.loss_kind == "cross_entropy" else math.nan
-    return (loss_sum / n).item(), accuracy
-
-
 def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
           on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
     """Train ``workload`` for up to ``epochs`` epochs under ``plan``; return (and stream) per-epoch metrics.
 
-    Training ends early when the loss diverges (non-finite) or a loss-driven schedule (AutoDecay) says so.
+    Each epoch reports ``train_loss`` (the mean over its steps), ``val_loss`` and ``val_<metric>`` for the
+    workload's metrics, the lr and momentum its first step used, its phase and seconds; the last epoch also
+    ``test_loss`` and ``test_<metric>`` where the workload has a test split. Training ends early when the loss
+    diverges (non-finite) or a loss-driven schedule (AutoDecay) says so.
     """
-    model, n, batch_size = workload.model, len(workload.train_x), workload.batch_size
-    steps_per_epoch = workload.steps_per_epoch
-    driver = PhasedOptimizer(plan, model.parameters())
+    model, train_split = workload.model, workload.data.train
+    driver = PhasedOptimizer(plan, workload.optimizer_params())
     history: list[dict[str, Any]] = []
     for epoch in range(epochs):
         started = time.perf_counter()
         model.train()
-        order = batch_order(n, order_seed, epoch).to(workload.train_x.device)
-        loss_sum = torch.zeros((), device=workload.train_x.device)  # summed on device: no sync per step
+        loss_sum = torch.zeros((), device=workload.device)  # summed on device: no sync per step
         first_lr = first_momentum = None
-        for batch in range(steps_per_epoch):
+        for batch, (x, y) in enumerate(workload.batches(train_split, batch_order(len(train_split), order_seed, epoch))):
             driver.prepare()
-            if batch == 0:
-                first_lr = driver.optimizer.param_groups[0]["lr"]
-                first_momentum = realised_momentum(driver.optimizer)
-            index = order[batch * batch_size:(batch + 1) * batch_size]
-            loss = workload.loss(model(workload.train_x[index]), workload.train_y[index])
+            if batch == 0:  # what the optimizer really uses (group 0's lr, less its group scale)
+                group = driver.optimizer.param_groups[0]
+                first_lr, first_momentum = group["lr"] / group.get("lr_scale", 1.0), realised_momentum(driver.optimizer)
+            loss = workload.loss(workload.forward(x), y)
             driver.zero_grad()
             loss.backward()
             driver.step()
-            loss_sum += loss.detach() * len(index)
-        train_loss = (loss_sum / n).item()
-        val_loss, val_accuracy = evaluate(workload, workload.val_x, workload.val_y)
+            loss_sum += loss.detach() * len(y)
+        train_loss = (loss_sum / len(train_split)).item()
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": val_loss,
+            **workload.evaluate(workload.data.val, "val"),
             "lr": first_lr,
             "momentum": first_momentum,
             "phase": driver.phase,
             "seconds": time.perf_counter() - started,
         }
-        if "val_accuracy" in workload.metrics:
-            metrics["val_accuracy"] = val_accuracy
         history.append(metrics)
         diverged = not math.isfinite(train_loss)
         keep_going = driver.observe(epoch, train_loss) if not diverged else False
         metrics["done"] = diverged or not keep_going or epoch == epochs - 1
+        if metrics["done"] and workload.data.test is not None:
+            metrics.update(workload.evaluate(workload.data.test, "test"))
         if on_epoch is not None:
             on_epoch(metrics)
         if metrics["done"]:

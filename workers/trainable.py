@@ -33,7 +33,8 @@ def run_trial(config: dict[str, Any]) -> None:
         context = ray.get_runtime_context()
         where.update(ray_node_id=context.get_node_id(), ray_node_ip=ray.util.get_node_ip_address())
         seeds = Seeds(**config["seeds"])
-        workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds).to(device)
+        workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds,
+                                  config.get("data_root")).to(device)
         plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
 
         def report(metrics: dict[str, Any]) -> None:

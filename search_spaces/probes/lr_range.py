@@ -49,7 +49,7 @@ def lr_range_test(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    loss_kind: str,
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     lr_low: float = LRRangeOptions.lr_low,
     lr_high: float = LRRangeOptions.lr_high,
     steps: int = LRRangeOptions.steps,
@@ -65,7 +65,8 @@ def lr_range_test(
         model: the network, trained in train mode during the test and restored afterwards.
         inputs: training inputs, on the model's device.
         targets: matching targets.
-        loss_kind: one of ``LOSS_KINDS``.
+        loss: one of ``LOSS_KINDS``, or the loss itself (any callable ``(outputs, targets) -> mean loss``: the
+            range test, unlike the curvature probe, needs no output Hessian).
         lr_low: first LR of the geometric ramp.
         lr_high: last LR of the ramp (reached only if the loss never diverges).
         steps: number of updates (LRs) in the ramp.
@@ -75,12 +76,13 @@ def lr_range_test(
         momentum: SGD momentum μ; the effective step is then about η/(1−μ) (spec §1.8).
         seed: seed of the minibatch order.
     """
-    _check(inputs, targets, loss_kind, lr_low, lr_high, steps, beta, optimizer, momentum)
+    loss_kind = loss if isinstance(loss, str) else "custom"
+    _check(inputs, targets, loss, lr_low, lr_high, steps, beta, optimizer, momentum)
     n = len(inputs)
     bs = n if batch_size is None else min(batch_size, n)
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1 ({batch_size=})")
-    loss_fn = _loss_fn(loss_kind)
+    loss_fn = _loss_fn(loss) if isinstance(loss, str) else loss
     ratio = lr_high / lr_low
     lrs_all = [lr_low * ratio ** (i / max(steps - 1, 1)) for i in range(steps)]
     batches = _batches(n, bs, seed, inputs.device)
@@ -102,8 +104,8 @@ def lr_range_test(
                 group["lr"] = lr
             idx = next(batches)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs[idx]), targets[idx])
-            value = float(loss.detach())
+            batch_loss = loss_fn(model(inputs[idx]), targets[idx])
+            value = float(batch_loss.detach())
             avg = beta * avg + (1 - beta) * value
             smooth = avg / (1 - beta ** (i + 1))
             lrs.append(lr)
@@ -112,7 +114,7 @@ def lr_range_test(
                 diverged = True
                 break
             best = min(best, smooth)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
     finally:
         _restore(model, saved)
@@ -144,7 +146,7 @@ def _read(
 def _check(
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    loss_kind: str,
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     lr_low: float,
     lr_high: float,
     steps: int,
@@ -152,8 +154,10 @@ def _check(
     optimizer: str,
     momentum: float,
 ) -> None:
-    if loss_kind not in LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {loss_kind!r}; one of {LOSS_KINDS}")
+    if isinstance(loss, str) and loss not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {loss!r}; one of {LOSS_KINDS} (or pass the loss itself)")
+    if not isinstance(loss, str) and not callable(loss):
+        raise ValueError(f"loss must be one of {LOSS_KINDS} or a callable, got {loss!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS} ({optimizer=})")
     if optimizer == "adam" and momentum != 0.0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from service import probes
-from service.deps import EngineDep, LauncherDep
+from service.deps import EngineDep, LauncherDep, SettingsDep
 from service.schemas import ProbeCreate, ProbeOut
 
 router = APIRouter(prefix="/probes", tags=["probes"])
@@ -14,9 +14,9 @@ router = APIRouter(prefix="/probes", tags=["probes"])
 @router.post("", status_code=status.HTTP_201_CREATED,
              responses={503: {"description": "no Ray cluster is connected, or it could not run the probe"},
                         504: {"description": "the probe did not finish in time"}})
-def create_probe(request: ProbeCreate, engine: EngineDep, launcher: LauncherDep) -> ProbeOut:
+def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep, launcher: LauncherDep) -> ProbeOut:
     """Run the probe on Ray (waits for it) and store the result. 422 naming the field if the request is invalid."""
-    return probes.create(engine=engine, launcher=launcher, request=request)
+    return probes.create(engine=engine, settings=settings, launcher=launcher, request=request)
 
 
 @router.get("/{probe_id}", responses={404: {"description": "no probe has this id"}})

@@ -1,8 +1,58 @@
-"""Built-in workloads; importing this package registers ps10, digits and quadratic."""
+"""Workloads: the public contract a package implements (``contract``), and the registry of installed ones.
+
+A plugin imports what it needs from here::
+
+    from workers.workloads import ACCURACY, Data, Metric, Param, TensorSplit, WorkloadSpec
+
+and declares its ``WorkloadSpec`` under the entry-point group ``phasetune.workloads`` (see ``contract``).
+"""
 
 from __future__ import annotations
 
-from workers.workloads import digits, ps10, quadratic  # noqa: F401  (registration side effects)
-from workers.workloads.base import WORKLOADS, Workload, WorkloadSpec, build_workload, resolve, steps_per_epoch
+from workers.workloads.contract import (
+    ACCURACY,
+    LOSS_KINDS,
+    LOSSES,
+    Data,
+    Metric,
+    Param,
+    Split,
+    TensorSplit,
+    WorkloadSpec,
+)
+from workers.workloads.registry import (
+    GROUP,
+    Registered,
+    build_workload,
+    registered,
+    reload,
+    resolve,
+    runtime_params,
+    steps_per_epoch,
+    workload_steps,
+    workloads,
+)
+from workers.workloads.runtime import Workload
 
-__all__ = ["WORKLOADS", "Workload", "WorkloadSpec", "build_workload", "resolve", "steps_per_epoch"]
+__all__ = [
+    "ACCURACY",
+    "GROUP",
+    "LOSSES",
+    "LOSS_KINDS",
+    "Data",
+    "Metric",
+    "Param",
+    "Registered",
+    "Split",
+    "TensorSplit",
+    "Workload",
+    "WorkloadSpec",
+    "build_workload",
+    "registered",
+    "reload",
+    "resolve",
+    "runtime_params",
+    "steps_per_epoch",
+    "workload_steps",
+    "workloads",
+]

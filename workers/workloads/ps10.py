@@ -22,44 +22,48 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.seeding import Seeds, generator, seeded_init
-from workers.workloads._common import check_float, check_int, mlp
-from workers.workloads.base import Workload, WorkloadSpec, register
+from search_spaces.errors import SpecError
+from workers.seeding import generator
+from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
+from workers.workloads.models import mlp
 
 N_CLASSES = 10
 PATTERNS_PER_CLASS = {"simple": 10, "complex": 100}
 
-DEFAULTS: dict[str, Any] = {
-    "n_train": 4000,
-    "n_val": 1000,
-    "noise": 0.0,  # fraction of training examples with a random pattern and label; the paper uses 0.1
-    "batch_size": 128,
-    "features": 512,  # random Fourier features
-    "bandwidth": 4.0,  # sigma of the feature frequencies, in units of 1/pattern coordinate
-    "hidden": 512,
-    "jitter": 0.01,  # std of the Gaussian added to every input coordinate that holds a pattern
+PARAMS = {
+    "n_train": Param(4000, "training examples", low=1),
+    "n_val": Param(1000, "validation examples (always clean)", low=1),
+    "noise": Param(0.0, "fraction of training examples with a random pattern and label (the paper: 0.1)",
+                   low=0.0, high=1.0),
+    "batch_size": Param(128, "examples per step", low=1),
+    "features": Param(512, "random Fourier features", low=1),
+    "bandwidth": Param(4.0, "sigma of the feature frequencies, in units of 1/pattern coordinate", low=0.0),
+    "hidden": Param(512, "width of the hidden layer", low=1),
+    "jitter": Param(0.01, "std of the Gaussian added to every input coordinate that holds a pattern", low=0.0),
 }
-METRICS = ("train_loss", "val_loss", "val_accuracy")
 
 
 class FourierFeatures(nn.Module):
     """sqrt(2) cos(sigma W x + b), W ~ N(0, I), b ~ U[0, 2 pi): unit-variance features of an RBF kernel."""
 
-    def __init__(self, in_dim: int, n_features: int, bandwidth: float, gen: torch.Generator) -> None:
+    def __init__(self, weight: torch.Tensor, phase: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("weight", bandwidth * torch.randn(n_features, in_dim, generator=gen))
-        self.register_buffer("phase", 2 * math.pi * torch.rand(n_features, generator=gen))
+        self.register_buffer("weight", weight.clone())
+        self.register_buffer("phase", phase.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return math.sqrt(2.0) * torch.cos(x @ self.weight.T + self.phase)
 
 
 def validate(params: Mapping[str, Any]) -> None:
-    for name in ("n_train", "n_val", "batch_size", "features", "hidden"):
-        check_int(params, name, 1)
-    check_float(params, "noise", 0.0, 1.0, open_high=True)
-    check_float(params, "bandwidth", 0.0, open_low=True)
-    check_float(params, "jitter", 0.0)
+    if params["noise"] >= 1.0:
+        raise SpecError(("noise",), f"must be < 1 (some clean examples), got {params['noise']}")
+    if params["bandwidth"] <= 0:
+        raise SpecError(("bandwidth",), f"must be > 0, got {params['bandwidth']}")
+
+
+def train_size(params: Mapping[str, Any]) -> int:
+    return int(params["n_train"])
 
 
 def _sample(
@@ -88,24 +92,28 @@ def _sample(
     return x, y, subsets
 
 
-def steps_per_epoch(params: Mapping[str, Any]) -> int:
-    return math.ceil(params["n_train"] / params["batch_size"])
-
-
-def build(params: Mapping[str, Any], seeds: Seeds) -> Workload:
-    gen = generator(seeds.data, "data")
+def data(params: Mapping[str, Any], seed: int) -> Data:
+    gen = generator(seed, "data")
     prototypes = {name: torch.rand(N_CLASSES, k, 3, generator=gen) for name, k in PATTERNS_PER_CLASS.items()}
     n_noise = round(params["noise"] * params["n_train"])
     train_x, train_y, train_subsets = _sample(prototypes, params["n_train"], n_noise, params["jitter"], gen)
     val_x, val_y, val_subsets = _sample(prototypes, params["n_val"], 0, params["jitter"], gen)
-    features = FourierFeatures(6, params["features"], params["bandwidth"], generator(seeds.data, "features"))
-    with seeded_init(seeds.init):
-        model = nn.Sequential(features, mlp([params["features"], params["hidden"], N_CLASSES]))
-    return Workload(
-        name="ps10", model=model, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y,
-        loss_kind="cross_entropy", batch_size=params["batch_size"], metrics=METRICS,
-        extra={"subsets": train_subsets, "val_subsets": val_subsets, "prototypes": prototypes},
-    )
+    # The fixed random features are part of the problem, not of the trained weights: drawn from the data seed.
+    features = generator(seed, "features")
+    weight = params["bandwidth"] * torch.randn(params["features"], 6, generator=features)
+    phase = 2 * math.pi * torch.rand(params["features"], generator=features)
+    return Data(train=TensorSplit(train_x, train_y), val=TensorSplit(val_x, val_y),
+                extra={"subsets": train_subsets, "val_subsets": val_subsets, "prototypes": prototypes,
+                       "features": (weight, phase)})
 
 
-SPEC = register(WorkloadSpec("ps10", DEFAULTS, METRICS, build, validate, steps_per_epoch))
+def model(params: Mapping[str, Any], data: Data) -> nn.Module:
+    weight, phase = data.extra["features"]
+    return nn.Sequential(FourierFeatures(weight, phase), mlp([params["features"], params["hidden"], N_CLASSES]))
+
+
+SPEC = WorkloadSpec(
+    name="ps10", params=PARAMS, data=data, model=model, train_size=train_size, validate=validate,
+    description="Pattern Separation 10 (You et al.): simple and complex synthetic patterns, optional label noise, "
+                "random Fourier features and an MLP",
+)

@@ -15,17 +15,15 @@ import torch
 from torch import nn
 
 from search_spaces.errors import SpecError
-from workers.seeding import Seeds, generator
-from workers.workloads._common import check_float, check_int
-from workers.workloads.base import Workload, WorkloadSpec, register
+from workers.seeding import generator
+from workers.workloads.contract import LOSSES, Data, Param, TensorSplit, WorkloadSpec
 
-DEFAULTS: dict[str, Any] = {
-    "dim": 20,
-    "eig_min": 0.01,  # condition number eig_max / eig_min = 100
-    "eig_max": 1.0,
-    "steps_per_epoch": 10,  # full-gradient steps per "epoch" (the data are dummies)
+PARAMS = {
+    "dim": Param(20, "dimension of x", low=1),
+    "eig_min": Param(0.01, "smallest eigenvalue of A (condition number eig_max / eig_min)", low=0.0),
+    "eig_max": Param(1.0, "largest eigenvalue of A: plain GD is stable below lr = 2 / eig_max", low=0.0),
+    "steps_per_epoch": Param(10, "full-gradient steps per 'epoch' (the data are dummies)", low=1),
 }
-METRICS = ("train_loss", "val_loss")
 
 
 class Quadratic(nn.Module):
@@ -42,12 +40,15 @@ class Quadratic(nn.Module):
 
 
 def validate(params: Mapping[str, Any]) -> None:
-    check_int(params, "dim", 1)
-    check_float(params, "eig_min", 0.0, open_low=True)
-    check_float(params, "eig_max", 0.0, open_low=True)
+    for key in ("eig_min", "eig_max"):
+        if params[key] <= 0:
+            raise SpecError((key,), f"must be > 0, got {params[key]}")
     if params["eig_min"] > params["eig_max"]:
         raise SpecError(("eig_min",), f"must be <= eig_max ({params['eig_max']}), got {params['eig_min']}")
-    check_int(params, "steps_per_epoch", 1)
+
+
+def train_size(params: Mapping[str, Any]) -> int:
+    return int(params["steps_per_epoch"])  # one dummy example per step, batch size 1
 
 
 def spectrum(dim: int, eig_min: float, eig_max: float) -> torch.Tensor:
@@ -61,23 +62,27 @@ def steps_per_epoch(params: Mapping[str, Any]) -> int:
     return int(params["steps_per_epoch"])
 
 
-def build(params: Mapping[str, Any], seeds: Seeds) -> Workload:
-    dim = params["dim"]
+def data(params: Mapping[str, Any], seed: int) -> Data:
+    dim, steps = params["dim"], params["steps_per_epoch"]
     eigenvalues = spectrum(dim, params["eig_min"], params["eig_max"])
     # Haar-random orthogonal basis: QR of a Gaussian matrix with the signs of R's diagonal folded into Q.
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator(seeds.data, "basis"), dtype=torch.float64))
+    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator(seed, "basis"), dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))
     a = (q * eigenvalues) @ q.T
     sqrt_a = (q * eigenvalues.sqrt()) @ q.T
-    x0 = torch.randn(dim, generator=generator(seeds.init, "init"), dtype=torch.float64)
-    model = Quadratic(x0.float(), sqrt_a.float())
-    steps = params["steps_per_epoch"]
     # batch_size 1 over `steps` dummy examples: one epoch is `steps` full-gradient steps.
-    return Workload(
-        name="quadratic", model=model, train_x=torch.zeros(steps, 1), train_y=torch.zeros(steps, dim),
-        val_x=torch.zeros(1, 1), val_y=torch.zeros(1, dim), loss_kind="half_sum_squares", batch_size=1,
-        metrics=METRICS, extra={"A": a.float(), "eigenvalues": eigenvalues.float()},
-    )
+    return Data(train=TensorSplit(torch.zeros(steps, 1), torch.zeros(steps, dim)),
+                val=TensorSplit(torch.zeros(1, 1), torch.zeros(1, dim)),
+                extra={"A": a.float(), "sqrt_A": sqrt_a.float(), "eigenvalues": eigenvalues.float()})
 
 
-SPEC = register(WorkloadSpec("quadratic", DEFAULTS, METRICS, build, validate, steps_per_epoch))
+def model(params: Mapping[str, Any], data: Data) -> nn.Module:
+    x0 = torch.randn(params["dim"], dtype=torch.float64)  # the initial point: torch's RNG holds the init seed here
+    return Quadratic(x0.float(), data.extra["sqrt_A"])
+
+
+SPEC = WorkloadSpec(
+    name="quadratic", params=PARAMS, data=data, model=model, train_size=train_size, validate=validate,
+    loss=LOSSES["half_sum_squares"], loss_kind="half_sum_squares", metrics={}, batch_size=lambda params: 1,
+    description="0.5 x^T A x with a known spectrum (the two-regimes paper's convex baseline): lr_crit = 2 / eig_max",
+)

@@ -1,0 +1,150 @@
+"""The workload registry: every ``WorkloadSpec`` that an installed distribution declares under the entry-point group
+``phasetune.workloads`` (phasetune's own included), and the one way to check params and build a workload.
+
+Read once per process (install a plugin, then start the API and the Ray nodes); ``reload()`` reads again. A plugin
+that fails to load is listed with its error instead of taking the others down.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search_spaces.errors import SpecError
+from workers.seeding import Seeds, seeded_init
+from workers.workloads.contract import WorkloadSpec
+from workers.workloads.paths import default_data_root, resolve_under
+from workers.workloads.runtime import Workload
+
+GROUP = "phasetune.workloads"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One entry point of the group: its spec, or why it could not be loaded."""
+
+    name: str
+    distribution: str
+    version: str
+    spec: WorkloadSpec | None = None
+    error: str | None = None
+
+
+@functools.cache
+def registered() -> dict[str, Registered]:
+    """Every entry point of ``GROUP``, by name (loaded or not)."""
+    found: dict[str, Registered] = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else "?"
+        if ep.name in found:
+            also = found[ep.name].distribution
+            found[ep.name] = Registered(ep.name, dist, version, error=f"declared twice (also by {also})")
+            continue
+        try:
+            spec = ep.load()
+            if callable(spec) and not isinstance(spec, WorkloadSpec):
+                spec = spec()
+            if not isinstance(spec, WorkloadSpec):
+                raise TypeError(f"{ep.value} is a {type(spec).__name__}, not a WorkloadSpec")
+            if spec.name != ep.name:
+                raise ValueError(f"{ep.value} is named {spec.name!r}, but registered as {ep.name!r}")
+            found[ep.name] = Registered(ep.name, dist, version, spec=spec)
+        except Exception as err:  # noqa: BLE001  (one broken plugin must not hide the others)
+            found[ep.name] = Registered(ep.name, dist, version, error=f"{type(err).__name__}: {err}")
+    return found
+
+
+def reload() -> None:
+    """Read the entry points again (after installing a plugin into this running process's environment)."""
+    importlib.invalidate_caches()
+    registered.cache_clear()
+
+
+def workloads() -> dict[str, WorkloadSpec]:
+    """The workloads that loaded, by name."""
+    return {name: entry.spec for name, entry in registered().items() if entry.spec is not None}
+
+
+def resolve(name: Any, params: Any, data_root: str | Path | None = None) -> tuple[WorkloadSpec, dict[str, Any]]:
+    """The registered spec and its params with defaults filled in (paths as given, relative to the data root).
+
+    Raises SpecError located relative to the spec's ``workload`` (``("name",)``, ``("params", <param>)``): an
+    unknown workload lists the registered ones.
+    """
+    available = workloads()
+    if not isinstance(name, str) or name not in available:
+        broken = registered().get(name) if isinstance(name, str) else None
+        why = f" (its plugin failed to load: {broken.error})" if broken is not None and broken.error else ""
+        raise SpecError(("name",), f"unknown workload {name!r}{why}; one of {sorted(available)}")
+    spec = available[name]
+    missing = spec.unavailable() if spec.unavailable is not None else None
+    if missing:
+        raise SpecError(("name",), f"workload {name!r} cannot run here: {missing}")
+    given = dict(params or {})
+    unknown = set(given) - set(spec.params)
+    if unknown:
+        raise SpecError(("params", sorted(unknown)[0]),
+                        f"unknown parameter of {name!r}; expected {sorted(spec.params)}")
+    for key, param in spec.params.items():
+        if key not in given and param.required:
+            raise SpecError(("params", key), f"is required by workload {name!r}: {param.help}")
+    full = {**spec.defaults, **given}
+    for key, value in full.items():
+        try:
+            spec.params[key].check(value, key)
+        except SpecError as err:
+            raise err.under("params") from None
+    runtime_params(spec, full, data_root)  # paths exist under the root, cross-parameter rules hold
+    return spec, full
+
+
+def runtime_params(spec: WorkloadSpec, params: Mapping[str, Any], data_root: str | Path | None) -> dict[str, Any]:
+    """``params`` as the workload's functions get them: every ``path`` resolved under the data root (checked)."""
+    root = Path(data_root) if data_root is not None else default_data_root()
+    out = dict(params)
+    for key, param in spec.params.items():
+        if param.type_name == "path":
+            out[key] = str(resolve_under(root, params[key], ("params", key)))
+    if spec.validate is not None:
+        try:
+            spec.validate(out)
+        except SpecError as err:
+            raise err.under("params") from None
+    return out
+
+
+def steps_per_epoch(name: str, params: Mapping[str, Any] | None, data_root: str | Path | None = None) -> int:
+    """The workload's optimizer steps per epoch, from its params alone (nothing is built)."""
+    spec, full = resolve(name, params, data_root)
+    return workload_steps(spec, runtime_params(spec, full, data_root))
+
+
+def workload_steps(spec: WorkloadSpec, runtime: Mapping[str, Any]) -> int:
+    return math.ceil(spec.train_size(runtime) / spec.batch_size(runtime))
+
+
+def build_workload(name: str, params: Mapping[str, Any] | None, seed: int | Seeds,
+                   data_root: str | Path | None = None) -> Workload:
+    """Build the workload: its data from ``seed.data``, its model under ``seed.init`` (an int seeds both)."""
+    seeds = seed if isinstance(seed, Seeds) else Seeds.shared(seed)
+    spec, full = resolve(name, params, data_root)
+    runtime = runtime_params(spec, full, data_root)
+    with seeded_init(seeds.data, "data"):
+        data = spec.data(runtime, seeds.data)
+    if spec.has_test != (data.test is not None):
+        raise ValueError(f"workload {name!r} declares has_test={spec.has_test} but its data() gave "
+                         f"{'a' if data.test is not None else 'no'} test split")
+    with seeded_init(seeds.init):
+        model = spec.model(runtime, data)
+    groups = spec.param_groups(model, runtime) if spec.param_groups is not None else None
+    return Workload(spec=spec, params=runtime, model=model, data=data, batch_size=spec.batch_size(runtime),
+                    param_groups=groups, device=torch.device("cpu"))

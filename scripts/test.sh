@@ -13,5 +13,5 @@ fi
 started=$(date +%s)
 .venv/bin/python -m pytest -m "not slow"
 echo "fast subset: $(( $(date +%s) - started )) s"
-.venv/bin/python -m pytest -m slow
+.venv/bin/python -m pytest -m slow --durations=10
 echo "whole suite: $(( $(date +%s) - started )) s"

@@ -95,8 +95,9 @@ def _refresh(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> N
 
 
 def _groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """The optimizer's param groups for a new optimizer: their parameters and scales, nothing of the old type."""
-    return [{"params": group["params"], **{key: group[key] for key in GROUP_SCALES if key in group}}
+    """The optimizer's param groups for a new optimizer: their parameters and their own keys (scales, names), none
+    of the old type's hyperparameters."""
+    return [{key: value for key, value in group.items() if key == "params" or key not in optimizer.defaults}
             for group in optimizer.param_groups]
 
 

@@ -165,12 +165,16 @@ def cmd_workloads(args: argparse.Namespace) -> None:
             print(f"{entry['name']}  ({origin})  FAILED TO LOAD: {entry['error']}")  # noqa: T201
             continue
         print(f"{entry['name']}  ({origin})  {entry['description']}")  # noqa: T201
+        if entry.get("unavailable"):
+            print(f"    NOT AVAILABLE HERE: {entry['unavailable']}")  # noqa: T201
         for param in entry["params"]:
             default = "required" if param["required"] else f"default {param['default']!r}"
             print(f"    {param['name']}: {param['kind']}, {default}  {param['help']}")  # noqa: T201
         metrics = ", ".join(f"{m['name']} ({'max' if m['direction'] == 'maximize' else 'min'})"
                             for m in entry["metrics"])
         print(f"    metrics: {metrics}")  # noqa: T201
+        probe = f"curvature probe: yes ({entry['loss_kind']})" if entry["loss_kind"] else "curvature probe: no"
+        print(f"    {probe}; LR range test: yes")  # noqa: T201
 
 
 def cmd_schedule_plot(args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
 """Your own model: the README's "Tune your own model" section followed word for word, and the example plugin it
 installs (its own loss, a metric phasetune does not know) studied over REST on SQLite and PostgreSQL.
 
-The plugin is installed into this test environment (a regular install, so Ray workers already running import it
-from site-packages) and uninstalled when the module ends.
+The plugin is installed into this test environment and uninstalled when the module ends. A regular install
+(not editable) puts it in site-packages, where every process that starts after it, and a running one that has not
+read the entry points yet (the registry reads them again for a name it lacks), finds it; the servers here are
+started after the install, as the README says to restart them.
 """
 
 from __future__ import annotations

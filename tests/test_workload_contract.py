@@ -154,3 +154,91 @@ def test_fashion_mnist_reads_the_debian_files():
     with pytest.raises(SpecError) as err:
         resolve("fashion_mnist", {"n_train": 50_000, "n_val": 20_000})
     assert err.value.loc == ("params", "n_val")
+
+
+def test_hostile_values_are_spec_errors_not_crashes(data_root):
+    for value in (10**400, -(10**400)):
+        with pytest.raises(SpecError):
+            Param(3, low=1).check(value, "p")
+    with pytest.raises(SpecError):  # a default that breaks its own rule is the plugin's bug, caught at declaration
+        Param(0, low=1)
+    (data_root / "loop").symlink_to(data_root / "loop")
+    for path in ("a\x00b", "x" * 300, "loop", "C:\\Windows\\win.ini", "c:relative"):
+        with pytest.raises(SpecError) as err:
+            resolve("npz", {"path": path}, data_root)
+        assert err.value.loc == ("params", "path"), path
+
+
+def test_an_image_folder_is_checked_before_it_is_listed(data_root, tmp_path):
+    outside = make_image_folder(tmp_path / "elsewhere", "secret_name", split=True)
+    folder = data_root / "linked"
+    folder.mkdir()
+    (folder / "train").symlink_to(outside / "train", target_is_directory=True)
+    (folder / "val").symlink_to(outside / "val", target_is_directory=True)
+    with pytest.raises(SpecError) as err:
+        resolve("image_folder", {"path": "linked"}, data_root)
+    assert err.value.loc == ("params", "path") and "secret_name" not in err.value.msg and "topleft" not in err.value.msg
+    # On the Dataset path, a file swapped for a symlink out after the listing is not read either.
+    w = build_workload("image_folder", {"path": "shapes", "in_memory": False, "image_size": 12}, 0, data_root)
+    victim = w.data.train.items[0][0]
+    victim.unlink()
+    victim.symlink_to(next((outside / "train" / "topleft").iterdir()))
+    with pytest.raises(PermissionError):
+        w.data.train[0]
+
+
+@pytest.mark.parametrize("bad", ["y_column", "negative", "float_labels", "empty"])
+def test_npz_contents_are_checked_at_submission(data_root, bad):
+    import numpy as np
+
+    x, y = np.zeros((10, 4), np.float32), np.arange(10) % 2
+    arrays = {"x_train": x, "y_train": y, "x_val": x, "y_val": y}
+    if bad == "y_column":
+        arrays["y_train"] = y[:, None]
+    elif bad == "negative":
+        arrays["y_val"] = y - 1
+    elif bad == "float_labels":
+        arrays["y_val"] = y.astype(np.float32)
+    else:
+        arrays["x_train"], arrays["y_train"] = x[:0], y[:0]
+    np.savez(data_root / "bad.npz", **arrays)
+    with pytest.raises(SpecError) as err:
+        resolve("npz", {"path": "bad.npz"}, data_root)
+    assert err.value.loc == ("params", "path")
+
+
+def test_both_data_paths_probe_the_same_examples(data_root):
+    params = {"path": "shapes", "image_size": 12}
+    tensors = build_workload("image_folder", {**params, "in_memory": True}, 0, data_root)
+    files = build_workload("image_folder", {**params, "in_memory": False}, 0, data_root)
+    for k in (10, 1000):
+        (xa, ya), (xb, yb) = tensors.sample(tensors.data.train, k, 3), files.sample(files.data.train, k, 3)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_what_a_workload_gives_is_checked_against_its_declaration():
+    from torch import nn
+
+    from workers.workloads import ACCURACY, Data, Metric, WorkloadSpec
+    from workers.workloads.registry import _check_data, _check_groups
+
+    def spec(**kw) -> WorkloadSpec:
+        base = dict(name="t", params={"batch_size": Param(4, low=1)}, data=lambda p, s: None,
+                    model=lambda p, d: nn.Linear(2, 2), train_size=lambda p: 8)
+        return WorkloadSpec(**{**base, **kw})
+
+    assert spec().loss_kind == "cross_entropy" and spec(loss=nn.functional.mse_loss).loss_kind == "mse"
+    assert spec(loss=nn.functional.smooth_l1_loss).loss_kind is None  # not one the curvature probe knows
+    with pytest.raises(ValueError, match="batch_size"):
+        spec(params={})
+    split = TensorSplit(torch.zeros(6, 2), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="train_size says 8"):
+        _check_data(spec(), {}, Data(train=split, val=split))
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="exactly once"):
+        _check_groups("t", model, [{"params": [model.weight]}])
+    w = build_workload("digits", {"hidden": 4}, 0)
+    w.spec = spec(metrics={"accuracy": ACCURACY, "mean": Metric(lambda out, y: (out.argmax(-1) == y).float().mean(),
+                                                                 True)})
+    with pytest.raises(ValueError, match="one value per example"):
+        w.evaluate(w.data.val, "val")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import ray
@@ -30,7 +30,7 @@ from search_spaces.probes import (
 )
 from workers import study_attrs
 from workers.spec import StudySpec
-from workers.workloads import TensorSplit, build_workload
+from workers.workloads import build_workload
 
 
 class ProbeKind(str, enum.Enum):
@@ -88,10 +88,11 @@ def run_probes(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind
     if ProbeKind.LR_RANGE in kinds:
         started = time.perf_counter()
         batch_size = lr_range.batch_size or w.batch_size
-        # Tensors: the whole training split; a Dataset: as many examples as the ramp's steps can visit.
-        x, y = w.sample(train, len(train) if isinstance(train, TensorSplit) else lr_range.steps * batch_size, seed)
-        range_result = lr_range_test(w.model, x, y, w.loss_kind or w.loss, lr_low=lr_range.lr_low,
-                                     lr_high=lr_range.lr_high, steps=lr_range.steps, batch_size=batch_size, seed=seed)
+        # As many examples as the ramp's steps visit (the whole split when it is smaller), on either data path.
+        x, y = w.sample(train, lr_range.steps * batch_size, seed)
+        range_result = replace(lr_range_test(w.model, x, y, w.loss, lr_low=lr_range.lr_low, lr_high=lr_range.lr_high,
+                                             steps=lr_range.steps, batch_size=batch_size, seed=seed),
+                               loss_kind=w.loss_kind or "custom")  # it ran the workload's own loss
         out["lr_range"] = {**result_to_dict(range_result), "seconds": time.perf_counter() - started}
     out["units"] = probe_units(curvature_result, range_result)
     return out

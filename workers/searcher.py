@@ -133,7 +133,7 @@ class OptunaStudySearcher(Searcher):
         if final:  # the test split's metrics, reported once with the last epoch
             attrs["test_metrics"] = final
         if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
-            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device")})
+            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device", "workload_origin")})
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
 

@@ -16,8 +16,7 @@ from typing import Any
 
 from search_spaces import SpecError, presets, validate_schedule
 from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
-from workers.workloads import resolve as resolve_workload
-from workers.workloads import runtime_params, workload_steps
+from workers.workloads import resolve_runtime, workload_steps
 
 
 class Direction(str, enum.Enum):
@@ -78,8 +77,9 @@ class StudySpec:
         """The spec of a shape-checked request (or a stored ``to_dict``); SpecError naming the field if invalid."""
         data_root = raw.get("data_root")
         try:
-            workload, params = resolve_workload(raw["workload"]["name"], raw["workload"].get("params"), data_root)
-            steps_per_epoch = workload_steps(workload, runtime_params(workload, params, data_root))
+            workload, params, runtime = resolve_runtime(raw["workload"]["name"], raw["workload"].get("params"),
+                                                        data_root)
+            steps_per_epoch = workload_steps(workload, runtime)
         except SpecError as err:
             raise err.under("workload") from None
         objective = _objective(raw["objective"], workload.epoch_metrics(), workload.name)

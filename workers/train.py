@@ -40,10 +40,11 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
         loss_sum = torch.zeros((), device=workload.device)  # summed on device: no sync per step
         first_lr = first_momentum = None
         for batch, (x, y) in enumerate(workload.batches(train_split, batch_order(len(train_split), order_seed, epoch))):
-            driver.prepare()
+            values = driver.prepare()
             if batch == 0:  # what the optimizer really uses (group 0's lr, less its group scale)
-                group = driver.optimizer.param_groups[0]
-                first_lr, first_momentum = group["lr"] / group.get("lr_scale", 1.0), realised_momentum(driver.optimizer)
+                group, scale = driver.optimizer.param_groups[0], driver.optimizer.param_groups[0].get("lr_scale", 1.0)
+                first_lr = group["lr"] / scale if scale else values.lr
+                first_momentum = realised_momentum(driver.optimizer)
             loss = workload.loss(workload.forward(x), y)
             driver.zero_grad()
             loss.backward()

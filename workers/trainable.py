@@ -20,7 +20,7 @@ from search_spaces.plan import build_plan
 from workers.optuna_study import TRIAL_ERROR
 from workers.seeding import Seeds
 from workers.train import train
-from workers.workloads import build_workload
+from workers.workloads import build_workload, registered
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -32,6 +32,9 @@ def run_trial(config: dict[str, Any]) -> None:
     try:
         context = ray.get_runtime_context()
         where.update(ray_node_id=context.get_node_id(), ray_node_ip=ray.util.get_node_ip_address())
+        entry = registered().get(config["workload"]["name"])
+        if entry is not None:  # which code trains it on this node: a plugin may differ between nodes
+            where["workload_origin"] = f"{entry.distribution} {entry.version}"
         seeds = Seeds(**config["seeds"])
         workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds,
                                   config.get("data_root")).to(device)

@@ -57,7 +57,8 @@ PARAM_KINDS = ("int", "float", "bool", "str", "path")
 
 @dataclass(frozen=True)
 class Param:
-    """One workload parameter. ``kind`` defaults to the default's type; a ``path`` is relative to the data root."""
+    """One workload parameter. ``kind`` defaults to the default's type (write ``1.0`` for a float that defaults to
+    one); a ``path`` is relative to the data root. The default itself must pass the checks."""
 
     default: Any = None
     help: str = ""
@@ -66,6 +67,10 @@ class Param:
     high: float | None = None
     choices: Sequence[Any] | None = None
     required: bool = False  # no default: the study must give it
+
+    def __post_init__(self) -> None:
+        if not self.required:
+            self.check(self.default, "default")  # a bad default would be blamed on the client
 
     @property
     def type_name(self) -> str:
@@ -84,10 +89,15 @@ class Param:
         )
         if wrong:
             raise SpecError((name,), f"must be of kind {kind}, got {value!r}")
-        if numeric and not math.isfinite(value):
-            raise SpecError((name,), f"must be finite, got {value}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise SpecError((name,), f"must lie in [{self.low}, {self.high}], got {value}")
+        if numeric:
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int beyond any float
+                finite = False
+            if not finite:
+                raise SpecError((name,), f"must be a finite number, got {str(value)[:40]}")
+            if self.low is not None and value < self.low or self.high is not None and value > self.high:
+                raise SpecError((name,), f"must lie in [{self.low}, {self.high}], got {value}")
         if self.choices is not None and value not in self.choices:
             raise SpecError((name,), f"must be one of {list(self.choices)}, got {value!r}")
 
@@ -140,6 +150,8 @@ def _batch_size_param(params: Mapping[str, Any]) -> int:
     return int(params["batch_size"])
 
 
+_INFER = "infer"  # loss_kind's default: the kind whose loss ``loss`` is, else None
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """A workload as a package declares it (see the module docstring)."""
@@ -150,7 +162,9 @@ class WorkloadSpec:
     model: Callable[[Mapping[str, Any], Data], nn.Module]
     train_size: Callable[[Mapping[str, Any]], int]  # training examples, from the params alone (nothing loaded)
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
-    loss_kind: str | None = "cross_entropy"
+    # Which of LOSS_KINDS ``loss`` is (the curvature probe uses its output Hessian). Left out, it is inferred: the
+    # kind whose function ``loss`` is, else None (a loss of your own: the curvature probe refuses it).
+    loss_kind: str | None = _INFER
     metrics: Mapping[str, Metric] = field(default_factory=lambda: {"accuracy": ACCURACY})
     batch_size: Callable[[Mapping[str, Any]], int] = _batch_size_param
     validate: Callable[[Mapping[str, Any]], None] | None = None
@@ -165,8 +179,13 @@ class WorkloadSpec:
     unavailable: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
+        if self.loss_kind == _INFER:
+            inferred = next((kind for kind, fn in LOSSES.items() if fn is self.loss), None)
+            object.__setattr__(self, "loss_kind", inferred)
         if self.loss_kind is not None and self.loss_kind not in LOSS_KINDS:
             raise ValueError(f"workload {self.name!r}: loss_kind must be one of {LOSS_KINDS} or None")
+        if self.batch_size is _batch_size_param and "batch_size" not in self.params:
+            raise ValueError(f"workload {self.name!r}: declare a 'batch_size' param or pass batch_size=")
         for name, param in self.params.items():
             if param.type_name not in PARAM_KINDS:
                 raise ValueError(f"workload {self.name!r}: param {name!r} has kind {param.type_name!r}")

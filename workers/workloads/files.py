@@ -3,7 +3,8 @@
 Both are classification workloads (cross-entropy, accuracy) whose model is picked by the ``model`` param: ``mlp``
 (one hidden layer over the flattened input) or ``cnn`` (the airbench-style CNN of ``models.cnn``), sized from the
 data's shape and class count. ``path`` is relative to the data root; the registry resolves it there and refuses one
-that leaves it, and the image folder's files are checked the same way before any is opened.
+that leaves it. Inside an image folder, every subfolder is checked to stay in the folder before it is listed, and
+every file before it is read (again at each read, on the Dataset path), so no symlink leads a study out of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from search_spaces.errors import SpecError
 from workers.seeding import generator
 from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
 from workers.workloads.models import cnn, mlp, no_decay_on_biases_and_norms
+from workers.workloads.paths import inside
 
 MODEL_PARAMS = {
     "model": Param("mlp", "mlp (one hidden layer over the flattened input) or cnn (3 conv blocks)",
@@ -70,12 +72,20 @@ def _validate_npz(params: Mapping[str, Any]) -> None:
     missing = [name for name in NPZ_ARRAYS if name not in headers]
     if missing:
         raise SpecError(("path",), f"the archive lacks the arrays {missing} (it needs {list(NPZ_ARRAYS)})")
-    (x_train, _), (y_train, y_dtype), (x_val, _), (y_val, _) = (headers[name] for name in NPZ_ARRAYS)
-    if len(x_train) < 2 or x_train[0] != y_train[0] or x_val[0] != y_val[0] or x_train[1:] != x_val[1:]:
-        raise SpecError(("path",), f"needs x_* of one shape per example and one label per example; got x_train "
-                                   f"{x_train}, y_train {y_train}, x_val {x_val}, y_val {y_val}")
-    if not np.issubdtype(y_dtype, np.integer):
-        raise SpecError(("path",), f"labels must be integer class indices, got {y_dtype}")
+    (x_train, x_dtype), (y_train, y_dtype), (x_val, xv_dtype), (y_val, yv_dtype) = (headers[n] for n in NPZ_ARRAYS)
+    shapes_ok = (len(x_train) >= 2 and len(y_train) == 1 and len(y_val) == 1 and x_train[0] == y_train[0] >= 1
+                 and x_val[0] == y_val[0] >= 1 and x_train[1:] == x_val[1:])
+    if not shapes_ok:
+        raise SpecError(("path",), f"needs x_train/x_val of one shape per example and 1-d y_train/y_val with one "
+                                   f"label per example, none empty; got x_train {x_train}, y_train {y_train}, "
+                                   f"x_val {x_val}, y_val {y_val}")
+    if not all(np.issubdtype(d, np.number) and not np.issubdtype(d, np.complexfloating) for d in (x_dtype, xv_dtype)):
+        raise SpecError(("path",), f"x_train and x_val must be real numbers, got {x_dtype} and {xv_dtype}")
+    if not (np.issubdtype(y_dtype, np.integer) and np.issubdtype(yv_dtype, np.integer)):
+        raise SpecError(("path",), f"labels must be integer class indices, got {y_dtype} and {yv_dtype}")
+    with np.load(params["path"]) as arrays:  # the labels are small: their values are checked too
+        if min(int(arrays["y_train"].min()), int(arrays["y_val"].min())) < 0:
+            raise SpecError(("path",), "labels must be class indices >= 0")
     if params["model"] == "cnn" and len(x_train) not in (3, 4):
         raise SpecError(("model",), f"cnn needs images (N, H, W) or (N, C, H, W), got x_train {x_train}")
 
@@ -116,23 +126,32 @@ NPZ = WorkloadSpec(
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _images(folder: Path, root: Path) -> list[tuple[Path, str]]:
-    """(file, class) for every image in the class subfolders of ``folder``; SpecError if a subfolder or file
-    resolves outside ``root`` (checked before it is listed or read)."""
+OUTSIDE = "a subfolder or file of the folder resolves outside it (a symlink out?)"
+
+
+def _images(directory: Path, folder: Path) -> list[tuple[Path, str]]:
+    """(file, class) for every image in the class subfolders of ``directory`` (``folder`` or its ``train/`` or
+    ``val/``); SpecError if anything resolves outside ``folder``, checked before it is listed or read (and the
+    error names nothing found outside)."""
+    if not inside(directory, folder):
+        raise SpecError(("path",), OUTSIDE)
     found = []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if not class_dir.resolve().is_relative_to(root):
-            raise SpecError(("path",), f"{class_dir.relative_to(root)} resolves outside the folder")
+    for class_dir in sorted(directory.iterdir()):
+        if not inside(class_dir, folder):
+            raise SpecError(("path",), OUTSIDE)
+        if not class_dir.is_dir():
+            continue
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                if not file.resolve().is_relative_to(root):
-                    raise SpecError(("path",), f"{file.relative_to(root)} resolves outside the folder")
-                found.append((file.resolve(), class_dir.name))
+                if not inside(file, folder):
+                    raise SpecError(("path",), OUTSIDE)
+                if file.is_file():
+                    found.append((file.resolve(), class_dir.name))
     return found
 
 
 def _layout(params: Mapping[str, Any]) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]] | None]:
-    """The folder's train and val images: its ``train/`` and ``val/`` subfolders, or (val None) all of it."""
+    """The folder's train and val images: its ``train/`` and ``val/`` subfolders (both), or (val None) all of it."""
     folder = Path(params["path"])
     if (folder / "train").is_dir() and (folder / "val").is_dir():
         return _images(folder / "train", folder), _images(folder / "val", folder)
@@ -170,8 +189,8 @@ def _folder_size(params: Mapping[str, Any]) -> int:
 class ImageFiles(Dataset):
     """Images decoded from their files on each read (the Dataset path: the data need not fit in memory)."""
 
-    def __init__(self, items: list[tuple[Path, int]], size: int, grayscale: bool) -> None:
-        self.items, self.size, self.mode = items, size, "L" if grayscale else "RGB"
+    def __init__(self, items: list[tuple[Path, int]], size: int, grayscale: bool, folder: Path) -> None:
+        self.items, self.size, self.mode, self.folder = items, size, "L" if grayscale else "RGB", folder
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,6 +199,8 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path, label = self.items[i]
+        if not inside(path, self.folder):  # replaced by a symlink out since it was listed
+            raise PermissionError(f"image {i} of the folder now resolves outside it")
         with Image.open(path) as image:
             pixels = np.asarray(image.convert(self.mode).resize((self.size, self.size)), dtype=np.float32)
         x = torch.from_numpy(pixels).reshape(self.size, self.size, -1).permute(2, 0, 1)
@@ -192,7 +213,8 @@ def _folder_data(params: Mapping[str, Any], seed: int) -> Data:
     index = {c: i for i, c in enumerate(classes)}
 
     def dataset(items: list[tuple[Path, str]]) -> Dataset:
-        return ImageFiles([(p, index[c]) for p, c in items], params["image_size"], params["grayscale"])
+        return ImageFiles([(p, index[c]) for p, c in items], params["image_size"], params["grayscale"],
+                          Path(params["path"]))
 
     splits = [dataset(train), dataset(val)]
     if params["in_memory"]:  # decoded once, then the tensor path

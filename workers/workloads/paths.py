@@ -7,7 +7,7 @@ every Ray node reads the same place (in a cluster, a volume mounted at the same 
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from search_spaces.errors import SpecError
 
@@ -24,16 +24,31 @@ def resolve_under(root: str | Path, relative: object, loc: tuple) -> Path:
     """The absolute path that ``relative`` names under ``root``; SpecError at ``loc`` unless it is a relative path
     without ``..`` that, with every symlink resolved, stays inside the root and exists. Only the path is looked
     at (``realpath``): no file is opened here, and none outside the root ever is."""
-    if not isinstance(relative, str) or not relative:
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise SpecError(loc, f"must be a path relative to the data root, got {relative!r}")
-    if Path(relative).is_absolute() or PurePosixPath(relative).is_absolute():
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or \
+            PureWindowsPath(relative).drive:
         raise SpecError(loc, f"must be relative to the data root, not absolute: {relative!r}")
-    if ".." in PurePosixPath(relative).parts or ".." in Path(relative).parts:
+    if ".." in PurePosixPath(relative).parts or ".." in PureWindowsPath(relative).parts:
         raise SpecError(loc, f"may not climb out of the data root with '..': {relative!r}")
-    root_real = Path(root).resolve()
-    target = (root_real / relative).resolve()
-    if not target.is_relative_to(root_real):
+    try:
+        root_real = Path(root).resolve()
+        target = (root_real / relative).resolve()
+        inside = target.is_relative_to(root_real)
+        exists = inside and target.exists()
+    except (OSError, RuntimeError, ValueError) as err:  # a name too long, a symlink loop, ...
+        raise SpecError(loc, f"cannot be resolved under the data root: {type(err).__name__}") from None
+    if not inside:
         raise SpecError(loc, f"resolves outside the data root (a symlink out?): {relative!r}")
-    if not target.exists():
+    if not exists:
         raise SpecError(loc, f"no such file or directory under the data root {str(root_real)!r}: {relative!r}")
     return target
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, with every symlink resolved, lies in ``folder`` (a resolved path): checked before each
+    listing or read of a file a user's folder names."""
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError, ValueError):
+        return False

@@ -58,10 +58,6 @@ def spectrum(dim: int, eig_min: float, eig_max: float) -> torch.Tensor:
     return torch.logspace(math.log10(eig_min), math.log10(eig_max), dim, dtype=torch.float64)
 
 
-def steps_per_epoch(params: Mapping[str, Any]) -> int:
-    return int(params["steps_per_epoch"])
-
-
 def data(params: Mapping[str, Any], seed: int) -> Data:
     dim, steps = params["dim"], params["steps_per_epoch"]
     eigenvalues = spectrum(dim, params["eig_min"], params["eig_max"])

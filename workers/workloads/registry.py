@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from search_spaces.errors import SpecError
 from workers.seeding import Seeds, seeded_init
-from workers.workloads.contract import WorkloadSpec
+from workers.workloads.contract import Data, WorkloadSpec
 from workers.workloads.paths import default_data_root, resolve_under
 from workers.workloads.runtime import Workload
 
@@ -38,16 +39,26 @@ class Registered:
     error: str | None = None
 
 
+OWN = "phasetune"
+
+
 @functools.cache
 def registered() -> dict[str, Registered]:
-    """Every entry point of ``GROUP``, by name (loaded or not)."""
+    """Every entry point of ``GROUP``, by name (loaded or not). Where two distributions declare one name, the
+    first (phasetune's own first, then by distribution name) keeps it; the other is listed as ``name (dist)``
+    with an error, so a plugin can never replace or knock out a workload already there."""
     found: dict[str, Registered] = {}
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+
+    def order(ep: Any) -> tuple[str, bool, str]:
+        dist = ep.dist.name if ep.dist is not None else "?"
+        return ep.name, dist != OWN, dist
+
+    for ep in sorted(entry_points(group=GROUP), key=order):
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         if ep.name in found:
-            also = found[ep.name].distribution
-            found[ep.name] = Registered(ep.name, dist, version, error=f"declared twice (also by {also})")
+            taken = f"the name is taken by {found[ep.name].distribution}; rename it in {dist}'s entry points"
+            found[f"{ep.name} ({dist})"] = Registered(ep.name, dist, version, error=taken)
             continue
         try:
             spec = ep.load()
@@ -80,7 +91,17 @@ def resolve(name: Any, params: Any, data_root: str | Path | None = None) -> tupl
     Raises SpecError located relative to the spec's ``workload`` (``("name",)``, ``("params", <param>)``): an
     unknown workload lists the registered ones.
     """
+    spec, full, _ = resolve_runtime(name, params, data_root)
+    return spec, full
+
+
+def resolve_runtime(name: Any, params: Any,
+                    data_root: str | Path | None = None) -> tuple[WorkloadSpec, dict[str, Any], dict[str, Any]]:
+    """``resolve``, plus the params as the workload's functions get them (``runtime_params``), checked once."""
     available = workloads()
+    if isinstance(name, str) and name not in available:  # installed since this process read the entry points?
+        reload()
+        available = workloads()
     if not isinstance(name, str) or name not in available:
         broken = registered().get(name) if isinstance(name, str) else None
         why = f" (its plugin failed to load: {broken.error})" if broken is not None and broken.error else ""
@@ -103,8 +124,7 @@ def resolve(name: Any, params: Any, data_root: str | Path | None = None) -> tupl
             spec.params[key].check(value, key)
         except SpecError as err:
             raise err.under("params") from None
-    runtime_params(spec, full, data_root)  # paths exist under the root, cross-parameter rules hold
-    return spec, full
+    return spec, full, runtime_params(spec, full, data_root)  # paths under the root, cross-parameter rules
 
 
 def runtime_params(spec: WorkloadSpec, params: Mapping[str, Any], data_root: str | Path | None) -> dict[str, Any]:
@@ -124,8 +144,8 @@ def runtime_params(spec: WorkloadSpec, params: Mapping[str, Any], data_root: str
 
 def steps_per_epoch(name: str, params: Mapping[str, Any] | None, data_root: str | Path | None = None) -> int:
     """The workload's optimizer steps per epoch, from its params alone (nothing is built)."""
-    spec, full = resolve(name, params, data_root)
-    return workload_steps(spec, runtime_params(spec, full, data_root))
+    spec, _, runtime = resolve_runtime(name, params, data_root)
+    return workload_steps(spec, runtime)
 
 
 def workload_steps(spec: WorkloadSpec, runtime: Mapping[str, Any]) -> int:
@@ -136,15 +156,39 @@ def build_workload(name: str, params: Mapping[str, Any] | None, seed: int | Seed
                    data_root: str | Path | None = None) -> Workload:
     """Build the workload: its data from ``seed.data``, its model under ``seed.init`` (an int seeds both)."""
     seeds = seed if isinstance(seed, Seeds) else Seeds.shared(seed)
-    spec, full = resolve(name, params, data_root)
-    runtime = runtime_params(spec, full, data_root)
+    spec, _, runtime = resolve_runtime(name, params, data_root)
     with seeded_init(seeds.data, "data"):
         data = spec.data(runtime, seeds.data)
-    if spec.has_test != (data.test is not None):
-        raise ValueError(f"workload {name!r} declares has_test={spec.has_test} but its data() gave "
-                         f"{'a' if data.test is not None else 'no'} test split")
+    _check_data(spec, runtime, data)
     with seeded_init(seeds.init):
         model = spec.model(runtime, data)
     groups = spec.param_groups(model, runtime) if spec.param_groups is not None else None
+    if groups is not None:
+        _check_groups(spec.name, model, groups)
     return Workload(spec=spec, params=runtime, model=model, data=data, batch_size=spec.batch_size(runtime),
                     param_groups=groups, device=torch.device("cpu"))
+
+
+def _check_data(spec: WorkloadSpec, runtime: Mapping[str, Any], data: Data) -> None:
+    """What the contract promises of ``data()``: map-style splits, a test split iff declared, and as many training
+    examples as ``train_size`` said (the steps per epoch every schedule of the study was checked against)."""
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if isinstance(split, IterableDataset):
+            raise TypeError(f"workload {spec.name!r}: its {name} split is an IterableDataset; the contract takes "
+                            "tensors (TensorSplit) or a map-style Dataset (__len__ and __getitem__)")
+    if spec.has_test != (data.test is not None):
+        raise ValueError(f"workload {spec.name!r} declares has_test={spec.has_test} but its data() gave "
+                         f"{'a' if data.test is not None else 'no'} test split")
+    if len(data.train) != spec.train_size(runtime):
+        raise ValueError(f"workload {spec.name!r}: train_size says {spec.train_size(runtime)} examples, its data() "
+                         f"gave {len(data.train)} (the data changed since the study was submitted?)")
+
+
+def _check_groups(name: str, model: torch.nn.Module, groups: list[dict[str, Any]]) -> None:
+    """The workload's param groups hold every trainable parameter of its model exactly once."""
+    seen = [id(p) for group in groups for p in group["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if len(seen) != len(set(seen)) or set(seen) != trainable:
+        raise ValueError(f"workload {name!r}: param_groups must hold every trainable parameter exactly once "
+                         f"({len(set(seen) & trainable)} of {len(trainable)} held, {len(seen) - len(set(seen))} twice)")

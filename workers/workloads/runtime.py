@@ -19,7 +19,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from search_spaces.probes import probe_batch
-from workers.seeding import generator
 from workers.workloads.contract import Data, Metric, Split, TensorSplit, WorkloadSpec
 
 EVAL_BATCH = 1024  # examples per forward pass when evaluating (larger batches are slower on a CPU for convnets)
@@ -163,15 +162,22 @@ class Workload:
             out = self.forward(x)
             sums["loss"] += self.loss(out, y) * len(y)
             for name, metric in self.metrics.items():
-                sums[name] += metric.fn(out.float(), y).sum()
+                values = metric.fn(out.float(), y)
+                if values.numel() != len(y):
+                    raise ValueError(f"metric {name!r} of workload {self.name!r} gave {values.numel()} values for "
+                                     f"{len(y)} examples: a metric returns one value per example (their mean is "
+                                     "reported)")
+                sums[name] += values.sum()
         n = len(split)
         return {f"{prefix}_{name}": (total / n).item() for name, total in sums.items()}
 
     def sample(self, split: Split, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed random subset of ``k`` examples (all if fewer) as tensors on the device: what the probes read."""
+        """A fixed random subset of ``k`` examples (all, in order, if there are no more) as tensors on the device:
+        what the probes read. Both data paths draw the same examples (``probe_batch``'s draw)."""
         if isinstance(split, TensorSplit):
             return probe_batch(split.x, split.y, max_examples=k, seed=seed)
-        index = torch.randperm(len(split), generator=generator(seed, "probe"))[:k]
+        n = len(split)
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k] if n > k else torch.arange(n)
         pairs = [split[i] for i in index.tolist()]
         x = torch.stack([torch.as_tensor(p[0]) for p in pairs]).to(self.device)
         return x, torch.stack([torch.as_tensor(p[1]) for p in pairs]).to(self.device)

@@ -171,6 +171,17 @@ def test_trials_with_one_schedule_learn_the_same_curve(module_server):
     assert curves[1] != pytest.approx(curves[0], rel=1e-3)  # per-trial init and order: the spread is measured
 
 
+def _completed_trials(server, spec: dict) -> list[dict]:
+    """Submit ``spec``, wait until the study ends, check that it completed, and return its trials."""
+    with server.client() as client:
+        created = client.post("/studies", json=spec)
+        assert created.status_code == 201, created.text
+        study = wait_for_status(client, created.json()["id"], ("completed", "failed", "stopped"))
+        trials = client.get(f"/studies/{created.json()['id']}/trials").json()
+    assert study["status"] == "completed", study.get("error")
+    return trials
+
+
 def test_one_invalid_sample_does_not_fail_the_study(module_server):
     """Defect: a sample with eta_min > lr raised in the searcher and the study ended failed after 2 of 8 trials."""
     spec = small_spec("cosine-eta", workload={"name": "quadratic", "params": {}}, epochs=3, n_trials=8,
@@ -178,12 +189,7 @@ def test_one_invalid_sample_does_not_fail_the_study(module_server):
                       schedule={"family": "cosine", "lr": {"low": 0.01, "high": 1.0, "log": True},
                                 "eta_min": {"low": 0.0, "high": 0.1}},
                       sampler={"name": "random", "seed": 1})
-    with module_server.client() as client:
-        created = client.post("/studies", json=spec)
-        assert created.status_code == 201, created.text
-        study = wait_for_status(client, created.json()["id"], ("completed", "failed", "stopped"))
-        trials = client.get(f"/studies/{created.json()['id']}/trials").json()
-    assert study["status"] == "completed", study.get("error")
+    trials = _completed_trials(module_server, spec)
     assert len(trials) == 8 and {t["state"] for t in trials} == {"COMPLETE", "FAIL"}
     for trial in trials:
         broke_the_rule = trial["params"]["eta_min"] > trial["params"]["lr"]
@@ -196,12 +202,7 @@ def test_an_error_inside_a_trial_fails_that_trial_only(module_server):
     """A config that passes validation but cannot train (256 GB of weights) raises in the trial: that trial ends
     FAIL with the exception as its reason, is not retried, and the study goes on to complete."""
     spec = _constant("cannot-allocate", {"name": "digits", "params": {"hidden": 10**9}})
-    with module_server.client() as client:
-        created = client.post("/studies", json=spec)
-        assert created.status_code == 201, created.text
-        study = wait_for_status(client, created.json()["id"], ("completed", "failed", "stopped"))
-        trials = client.get(f"/studies/{created.json()['id']}/trials").json()
-    assert study["status"] == "completed", study.get("error")
+    trials = _completed_trials(module_server, spec)
     assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
     for trial in trials:
         assert "RuntimeError" in trial["user_attrs"]["fail_reason"] and "allocate" in trial["user_attrs"]["fail_reason"]

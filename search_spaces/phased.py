@@ -32,9 +32,6 @@ OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
 ADAM_BETA1 = 0.9  # torch's default beta1, where a phase leaves momentum unset
 
 
-GROUP_SCALES = ("lr_scale", "weight_decay_scale")  # per-group multipliers of the schedule's lr and the phase's decay
-
-
 def apply_to_optimizer(optimizer: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
     """Write ``lr`` (times a group's ``lr_scale``, default 1) and, unless None, ``momentum`` into every param group.
 

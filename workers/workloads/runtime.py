@@ -106,7 +106,10 @@ class Workload:
         """Model and tensor splits on ``device`` (channels_last there, where the workload asks for it on CUDA)."""
         self.device = torch.device(device)
         memory_format = torch.channels_last if self.spec.channels_last and self._on_cuda else None
-        self.model.to(self.device, memory_format=memory_format) if memory_format else self.model.to(self.device)
+        if memory_format is not None:
+            self.model.to(self.device, memory_format=memory_format)
+        else:
+            self.model.to(self.device)
         for name in ("train", "val", "test"):
             split = getattr(self.data, name)
             if isinstance(split, TensorSplit):

@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
-from workers.spec import Direction, Resources, SamplerName, SamplerSpec, StudySpec
+from workers.spec import (
+    MAX_CONCURRENT_TRIALS,
+    MAX_TIME_LIMIT_S,
+    Direction,
+    Resources,
+    SamplerName,
+    SamplerSpec,
+    StudySpec,
+)
 from workers.study_attrs import StudyStatus
 
 
@@ -61,12 +69,19 @@ class StudyCreate(BaseModel):
     objective: ObjectiveIn
     schedule: dict[str, Any]
     n_trials: int = Field(ge=1, le=100_000)
-    max_concurrent_trials: int = Field(StudySpec.max_concurrent_trials, ge=1)
+    max_concurrent_trials: int = Field(StudySpec.max_concurrent_trials, ge=1, le=MAX_CONCURRENT_TRIALS,
+                                       description="at most this many trials at once, and at most as many as the "
+                                                   "cluster has room for (the driver caps it)")
     sampler: SamplerIn = Field(default_factory=SamplerIn)
     resources_per_trial: ResourcesIn = Field(default_factory=ResourcesIn)
     seed: int = Field(StudySpec.seed, ge=0, le=SEED_MAX,
                       description="the study's seed: data, initial weights, batch order (see seed_policy), sampler")
     seed_policy: SeedPolicyIn = Field(default_factory=SeedPolicyIn)
+    trial_time_limit_s: float | None = Field(StudySpec.trial_time_limit_s, gt=0, le=MAX_TIME_LIMIT_S,
+                                             description="a trial still training after this long ends PRUNED")
+    study_time_limit_s: float | None = Field(StudySpec.study_time_limit_s, gt=0, le=MAX_TIME_LIMIT_S,
+                                             description="the study ends this long after it began running; its "
+                                                         "running trials end PRUNED")
 
 
 class TrialOut(BaseModel):
@@ -75,7 +90,7 @@ class TrialOut(BaseModel):
     value: float | None
     params: dict[str, Any]
     schedule: dict[str, Any] | None
-    metrics: list[dict[str, Any]]
+    metrics: list[dict[str, Any]] | None = Field(description="per-epoch records; null when asked without history")
     user_attrs: dict[str, Any]
 
 

@@ -12,16 +12,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from service.db import ID_MAX
 from service.launcher import Launcher
 from service.schemas import StudyCreate, StudyOut, TrialOut
 from service.settings import Settings
-from workers import optuna_study, study_attrs
+from workers import epoch_log, optuna_study, study_attrs
 from workers.spec import StudySpec
 from workers.study_attrs import StudyStatus
+
+PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked otherwise
+MAX_PAGE_SIZE = 1000
+PER_EPOCH_ATTRS = ("realized_lr", "realized_momentum")  # user attrs that grow with the epochs
 
 
 class StudyExists(Exception):
@@ -67,56 +70,60 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def trial_out(trial: FrozenTrial) -> TrialOut:
+def trial_out(trial: FrozenTrial, history: bool = True) -> TrialOut:
+    """The trial as the API shows it; without ``history``, no per-epoch records (nor the realised lr and momentum
+    per epoch): what stays the same size however long the trial trained."""
+    attrs = {key: value for key, value in trial.user_attrs.items() if not epoch_log.is_history_key(key)
+             and (history or key not in PER_EPOCH_ATTRS)}
     return TrialOut(
         number=trial.number,
         state=trial.state.name,
         value=_finite(trial.value) if trial.values else None,
         params=trial.params,
         schedule=trial.user_attrs.get(study_attrs.SCHEDULE),
-        metrics=trial.user_attrs.get("metrics", []),
-        user_attrs=trial.user_attrs,
+        metrics=epoch_log.history(trial.user_attrs) if history else None,
+        user_attrs=attrs,
     )
 
 
-def _best(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value) is not None]
-    if not complete:
-        return None
-    pick = max if direction == StudyDirection.MAXIMIZE else min
-    return pick(complete, key=lambda t: t.value)
-
-
-def view(*, storage: optuna.storages.BaseStorage, settings: Settings, study_id: int) -> StudyOut:
-    attrs = _attrs(storage, study_id)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    (direction,) = storage.get_study_directions(study_id)
-    best = _best(trials, direction)
+def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int, name: str, attrs: dict[str, Any],
+         best: FrozenTrial | None) -> StudyOut:
+    counts = optuna_study.count_trials(storage, study_id)
     return StudyOut(
         id=study_id,
-        name=storage.get_study_name_from_id(study_id),
+        name=name,
         status=study_attrs.status_of(attrs),
         spec=attrs[study_attrs.SPEC],
         created_at=attrs.get(study_attrs.CREATED_AT),
-        n_trials=len(trials),
-        trial_counts=counts,
-        best_trial=trial_out(best) if best is not None else None,
+        n_trials=sum(counts.values()),
+        trial_counts={state.name: n for state, n in sorted(counts.items(), key=lambda item: item[0].value)},
+        best_trial=trial_out(best, history=False) if best is not None and _finite(best.value) is not None else None,
         error=attrs.get(study_attrs.ERROR),
         dashboard_url=settings.dashboard_address if settings.start_dashboard or settings.dashboard_url else None,
     )
 
 
-def list_all(*, storage: optuna.storages.BaseStorage, settings: Settings) -> list[StudyOut]:
-    ids = [optuna_study.study_id(s) for s in storage.get_all_studies() if study_attrs.SPEC in s.user_attrs]
-    return [view(storage=storage, settings=settings, study_id=i) for i in ids]
+def view(*, storage: optuna.storages.RDBStorage, settings: Settings, study_id: int) -> StudyOut:
+    """A constant number of queries however many trials the study has: counts by ``GROUP BY``, the best trial by
+    one ordered query (optuna #760 is what loading every trial costs)."""
+    attrs = _attrs(storage, study_id)
+    return _out(storage, settings, study_id, storage.get_study_name_from_id(study_id), attrs,
+                optuna_study.best_trial(storage, study_id))
 
 
-def trials(*, storage: optuna.storages.BaseStorage, study_id: int) -> list[TrialOut]:
+def list_all(*, storage: optuna.storages.RDBStorage, settings: Settings) -> list[StudyOut]:
+    """Every phasetune study with its counts; no trial is loaded (each study's best is in ``view``)."""
+    return [_out(storage, settings, optuna_study.study_id(s), s.study_name, s.user_attrs, None)
+            for s in storage.get_all_studies() if study_attrs.SPEC in s.user_attrs]
+
+
+def trials(*, storage: optuna.storages.RDBStorage, study_id: int, offset: int = 0, limit: int = PAGE_SIZE,
+           history: bool = True) -> tuple[list[TrialOut], int]:
+    """One page of the study's trials in number order, and how many trials it has."""
     _attrs(storage, study_id)
-    return [trial_out(t) for t in storage.get_all_trials(study_id, deepcopy=False)]
+    total = sum(optuna_study.count_trials(storage, study_id).values())
+    page = optuna_study.trials_page(storage, study_id, offset, limit) if offset < total else []
+    return [trial_out(t, history) for t in page], total
 
 
 def stop(*, storage: optuna.storages.BaseStorage, settings: Settings, study_id: int,

@@ -69,6 +69,10 @@ def test_study_runs_to_completion_and_lands_in_optuna(storage_url, server_factor
         expected_momentum = [first["momentum"] if e < transition else second["momentum"] for e in range(4)]
         assert trial["user_attrs"]["realized_lr"] == pytest.approx(expected_lr)
         assert trial["user_attrs"]["realized_momentum"] == pytest.approx(expected_momentum)
+    # Warm workers: 4 trials on 2 worker processes; a reused one built neither data nor model again.
+    workers = [trial["user_attrs"]["worker"] for trial in trials]
+    assert len({w["pid"] for w in workers}) <= 2
+    assert all(w["data"] and w["model"] for w in workers if w["trial"] > 1) and max(w["trial"] for w in workers) > 1
 
     # Optuna's own API sees the same trials, with one intermediate value per epoch.
     loaded = optuna.load_study(study_name=spec["name"], storage=storage_url)
@@ -117,6 +121,40 @@ def test_stopping_a_study_leaves_no_running_trial(storage_url, server_factory):
     assert sum(counts.values()) < 6
     loaded = optuna.load_study(study_name="to-stop", storage=storage_url)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in loaded.trials)
+
+
+def test_limits_bound_a_study_and_its_trials(tmp_path, server_factory):
+    """More concurrency than the cluster has slots is capped (no trial waits RUNNING for a slot); a trial past its
+    time limit ends PRUNED; a study past its time limit ends, completed, with nothing left RUNNING."""
+    server = server_factory(f"sqlite:///{tmp_path / 'limits.db'}")
+    spec = _long_spec("limited")
+    spec.update(n_trials=3, max_concurrent_trials=8, trial_time_limit_s=1.0)
+    with server.client() as client:
+        study_id = client.post("/studies", json=spec).json()["id"]
+        running = []
+
+        def finished():
+            study = client.get(f"/studies/{study_id}").json()
+            running.append(study["trial_counts"].get("RUNNING", 0))
+            return study if study["status"] in ("completed", "failed", "stopped") else None
+
+        study = wait_for(finished, 300, "the time-limited study", interval=0.2)
+        assert study["status"] == "completed", study.get("error")
+        assert max(running) <= 2  # the session's Ray head has 2 CPUs
+        trials = client.get(f"/studies/{study_id}/trials").json()
+        assert [t["state"] for t in trials] == ["PRUNED"] * 3
+        assert all(t["user_attrs"]["fail_reason"].startswith("trial_time_limit_s") for t in trials)
+        assert all(len(t["metrics"]) < 40 for t in trials)
+
+        spec = _long_spec("out-of-time")
+        spec.update(n_trials=50, study_time_limit_s=4.0)
+        study_id = client.post("/studies", json=spec).json()["id"]
+        study = wait_for_status(client, study_id, ("completed", "failed", "stopped"), timeout=120)
+    assert study["status"] == "completed", study.get("error")
+    assert study["n_trials"] < 50 and study["trial_counts"].get("RUNNING", 0) == 0
+    loaded = optuna.load_study(study_name="out-of-time", storage=server.env["PHASETUNE_STORAGE_URL"])
+    assert loaded.user_attrs["phasetune:ended_by"] == "study_time_limit_s"
+    assert loaded.user_attrs["phasetune:concurrency"] == 2
 
 
 def test_restarting_the_api_loses_nothing(tmp_path, server_factory):

@@ -113,6 +113,11 @@ BAD_INPUTS = [
      ["body", "schedule", "phases", 0, "lr", "unit"]),
     # At ps10's real 8 steps per epoch (1000 examples / 128), 0.05 epochs is no step at all.
     (("schedule", "phases", 0, "warmup"), {"epochs": 0.05}, ["body", "schedule", "phases", 0, "warmup", "epochs"]),
+    # Limits that protect the machine.
+    (("max_concurrent_trials",), 257, ["body", "max_concurrent_trials"]),
+    (("trial_time_limit_s",), 0, ["body", "trial_time_limit_s"]),
+    (("study_time_limit_s",), -5, ["body", "study_time_limit_s"]),
+    (("study_time_limit_s",), 1e9, ["body", "study_time_limit_s"]),
 ]
 
 
@@ -124,6 +129,13 @@ def test_invalid_spec_gets_422_naming_the_field(client, path, value, loc):
     locs = [d["loc"] for d in response.json()["detail"]]
     assert loc in locs, locs
     assert client.get("/studies").json() == before  # nothing half-created
+
+
+def test_a_study_asking_too_many_epochs_is_refused(client):
+    response = client.post("/studies", json=small_spec("too-big", epochs=1000, n_trials=2000))
+    assert response.status_code == 422, response.text
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "n_trials"] and "epochs × n_trials = 2,000,000" in detail["msg"]
 
 
 def _npz_study(path: str) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from service.db import migrate
-from workers import study_attrs
+from workers import epoch_log, study_attrs
 from workers.handle import StudyHandle
 from workers.optuna_study import sweep_stale_trials
 from workers.searcher import OptunaStudySearcher
@@ -38,7 +38,7 @@ def _handle_for(storage_url: str, name: str, **overrides) -> StudyHandle:
 
 
 def _result(epoch: int, value: float, done: bool = False) -> dict:
-    return {"epoch": epoch, "val_loss": value, "train_loss": value, "lr": 0.1, "momentum": None, "done": done}
+    return {"epoch": epoch, "val_loss": value, "train_loss": value, "lr": 0.1, "momentum": None, "last_epoch": done}
 
 
 def test_states_values_and_budget(handle):
@@ -69,7 +69,7 @@ def test_a_retried_trial_restarts_its_curve(handle):
     for epoch, value in [(0, 3.0), (1, 2.0), (0, 2.5)]:  # the node died after epoch 1; Tune retried the trial
         searcher.on_trial_result("t0", _result(epoch, value))
     trial = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0]
-    assert [m["val_loss"] for m in trial.user_attrs["metrics"]] == [2.5]
+    assert [m["val_loss"] for m in epoch_log.history(trial.user_attrs)] == [2.5]
 
 
 def test_stop_prunes_unfinished_trials(handle):

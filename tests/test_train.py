@@ -50,7 +50,7 @@ def test_divergence_ends_the_run_early():
     plan = build_plan({"family": "constant", "lr": 50.0}, 30, workload.steps_per_epoch)
     history = train(workload, plan, 30)
     assert len(history) < 30
-    assert history[-1]["done"] and not math.isfinite(history[-1]["train_loss"])
+    assert history[-1]["last_epoch"] and not math.isfinite(history[-1]["train_loss"])
 
 
 def test_realised_momentum_reads_sgd_and_adam():

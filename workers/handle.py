@@ -28,6 +28,7 @@ class StudyHandle:
         self.storage_url = storage_url
         self.study_name = study_name
         self.stop_requested = threading.Event()
+        self.time_is_up = threading.Event()  # the study's time limit passed: it ends as completed
         self._stop_read_at = -float("inf")
 
     @cached_property
@@ -63,6 +64,11 @@ class StudyHandle:
             if self.study.user_attrs.get(study_attrs.STOP_REQUESTED):
                 self.stop_requested.set()
         return self.stop_requested.is_set()
+
+    @property
+    def ending(self) -> bool:
+        """Stopped, or out of time: no new trial starts, and running ones end PRUNED."""
+        return self.stop_requested.is_set() or self.time_is_up.is_set()
 
     def set_attr(self, key: str, value: Any) -> None:
         """A study user attr, written without the spec (so also for a study whose spec no longer parses)."""

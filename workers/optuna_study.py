@@ -2,8 +2,9 @@
 state, the stale-trial sweep, and the only uses of Optuna's private names.
 
 Private names (each below says why it is needed; ``tests/test_optuna_contract.py`` fails loudly if a release of
-Optuna changes them): ``Study._storage``, ``Trial._trial_id`` / ``FrozenTrial._trial_id`` and
-``FrozenStudy._study_id``.
+Optuna changes them): ``Study._storage``, ``Trial._trial_id`` / ``FrozenTrial._trial_id``,
+``FrozenStudy._study_id``, and for reads that must not load every trial of a study (``count_trials``,
+``trials_page``) the RDB storage's ``TrialModel`` and ``_build_frozen_trial_from_trial_model``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.storages._rdb import models as rdb_models  # private: see the module docstring
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import func, orm
 
 from workers import study_attrs
 from workers.spec import SamplerName, StudySpec
@@ -72,26 +75,30 @@ class TrialOutcome(enum.Enum):
 class TrialEnd:
     outcome: TrialOutcome
     value: float | None = None
-    reason: str | None = None  # why it failed (the trial's FAIL_REASON attr)
+    reason: str | None = None  # why it failed or was cut short (the trial's FAIL_REASON attr)
 
 
-def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: bool, metric: str) -> TrialEnd:
+def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: bool, metric: str,
+              time_limit_s: float | None = None) -> TrialEnd:
     """How a trial ended, from its last result: the one mapping from Tune's view of a trial to Optuna's.
 
     Args:
         result: the trial's last reported result (None if it reported none).
         lost: Tune ended the trial in error: its process or node died and the retries ran out (an exception in
             phasetune's own code is reported as a result with ``TRIAL_ERROR`` instead, and not retried).
-        stop_requested: the study is being stopped.
+        stop_requested: the study is being stopped (or its time is up).
         metric: the objective metric.
+        time_limit_s: the spec's ``trial_time_limit_s``: a trial stopped for it before its last epoch is PRUNED.
     """
     result = result or {}
     if lost:
         return TrialEnd(TrialOutcome.FAIL, reason="its process or node was lost and Ray Tune's retries ran out")
     if result.get(TRIAL_ERROR):
         return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
-    if not result.get("done") and stop_requested:
+    if not result.get("last_epoch") and stop_requested:
         return TrialEnd(TrialOutcome.PRUNED)
+    if not result.get("last_epoch") and time_limit_s is not None and result.get("time_total_s", 0) >= time_limit_s:
+        return TrialEnd(TrialOutcome.PRUNED, reason=f"trial_time_limit_s: still training after {time_limit_s:g} s")
     value = result.get(metric)
     if value is None or not math.isfinite(value):
         return TrialEnd(TrialOutcome.FAIL, reason=f"no finite {metric} (diverged?)")
@@ -116,6 +123,14 @@ def sweep_stale_trials(study: optuna.Study) -> int:
         storage_of(study).set_trial_user_attr(trial_id(trial), study_attrs.SWEPT, True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(stale)
+
+
+def best_trial(storage: optuna.storages.BaseStorage, study_id: int) -> FrozenTrial | None:
+    """The best COMPLETE trial, or None: one ordered query in an RDB storage (``Study.best_trial`` is the same)."""
+    try:
+        return storage.get_best_trial(study_id)
+    except ValueError:  # no trial is complete yet
+        return None
 
 
 def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, epoch: int, value: float) -> None:
@@ -143,3 +158,31 @@ def study_id(study: optuna.Study | optuna.study.FrozenStudy) -> int:
     """The storage's id of a study: phasetune's study id, the same the Optuna dashboard shows. ``Study`` and the
     ``FrozenStudy`` of ``get_all_studies`` have no public accessor."""
     return study._study_id
+
+
+def count_trials(storage: optuna.storages.RDBStorage, study_id: int) -> dict[TrialState, int]:
+    """How many trials of the study are in each state: one ``GROUP BY`` query. (``BaseStorage.get_n_trials``, which
+    RDBStorage does not override, loads every trial to count them.)"""
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(rdb_models.TrialModel.state, func.count(rdb_models.TrialModel.trial_id))
+                .filter(rdb_models.TrialModel.study_id == study_id).group_by(rdb_models.TrialModel.state).all())
+    finally:
+        session.close()
+    return {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
+
+
+def trials_page(storage: optuna.storages.RDBStorage, study_id: int, offset: int, limit: int) -> list[FrozenTrial]:
+    """Trials numbered ``offset`` to ``offset + limit - 1``, in number order: a constant number of queries, however
+    many trials the study has (Optuna's public reads load them all)."""
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(rdb_models.TrialModel)
+                .options(*(orm.selectinload(getattr(rdb_models.TrialModel, relation)) for relation in
+                           ("params", "values", "user_attributes", "system_attributes", "intermediate_values")))
+                .filter(rdb_models.TrialModel.study_id == study_id,
+                        rdb_models.TrialModel.number >= offset, rdb_models.TrialModel.number < offset + limit)
+                .order_by(rdb_models.TrialModel.number).all())
+        return [storage._build_frozen_trial_from_trial_model(row) for row in rows]
+    finally:
+        session.close()

@@ -23,6 +23,7 @@ from ray.tune.search import Searcher
 from search_spaces import SpecError, build_plan, sample_schedule
 from search_spaces.plot import upload_schedule_png
 from workers import optuna_study, study_attrs
+from workers.epoch_log import EpochLog
 from workers.handle import StudyHandle
 from workers.optuna_study import TrialEnd, TrialOutcome
 from workers.spec import Direction, StudySpec
@@ -40,7 +41,8 @@ class OptunaStudySearcher(Searcher):
         self._handle = handle
         self._units = units or {}
         self._trials: dict[str, optuna.Trial] = {}
-        self._history: dict[str, list[dict[str, Any]]] = {}
+        self._logs: dict[str, EpochLog] = {}
+        self._ended = 0  # trials this searcher has told Optuna the end of
         self._plots: dict[str, Future[Any]] = {}
 
     @property
@@ -65,23 +67,28 @@ class OptunaStudySearcher(Searcher):
     def _plotter(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedule-plot")
 
+    @cached_property
+    def _finished_at_start(self) -> int:
+        """Finished trials that use up the budget when this driver began, except those the sweeper failed (crash
+        victims): counted once, in the storage; from then on this driver's own ends are counted as they happen."""
+        storage, study_id = self._handle.storage, self._handle.study_id
+        counts = optuna_study.count_trials(storage, study_id)
+        swept = sum(1 for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
+                    if t.user_attrs.get(study_attrs.SWEPT))
+        return sum(counts.get(state, 0) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)) - swept
+
     def remaining(self) -> int:
-        """Trials still to run: the budget minus finished trials, except those the sweeper failed (crash victims)."""
-        finished = [
-            t for t in self._study.get_trials(deepcopy=False,
-                                              states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-            if not t.user_attrs.get(study_attrs.SWEPT)
-        ]
-        return self._spec.n_trials - len(finished) - len(self._trials)
+        """Trials still to start: the budget minus finished and running ones (constant work: no trial is read)."""
+        return self._spec.n_trials - self._finished_at_start - self._ended - len(self._trials)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        while not self._handle.stop_requested.is_set() and self.remaining() > 0:
+        while not self._handle.ending and self.remaining() > 0:
             trial = self._study.ask()
             try:
                 schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
                 build_plan(schedule, self._spec.epochs, self._spec.steps_per_epoch)  # as the trial will
             except SpecError as err:  # this sample breaks a rule of its family: this trial fails, the study not
-                optuna_study.tell(self._study, trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
+                self._tell(trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
                 continue
             return self._start(trial_id, trial, schedule)
         return Searcher.FINISHED
@@ -99,7 +106,7 @@ class OptunaStudySearcher(Searcher):
                 upload_schedule_png, trial, schedule, self._spec.epochs, self._spec.steps_per_epoch,
                 self._handle.artifact_store)
         self._trials[trial_id] = trial
-        self._history[trial_id] = []
+        self._logs[trial_id] = EpochLog()
         return {
             "optuna_trial_number": trial.number,
             "schedule": schedule,
@@ -112,50 +119,52 @@ class OptunaStudySearcher(Searcher):
         }
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Constant work per epoch: the objective as the epoch's intermediate value, the epoch's record into its
+        chunk of the history (``epoch_log``); what is written once goes at the trial's first or last epoch."""
         trial = self._trials[trial_id]
         if optuna_study.TRIAL_ERROR in result:
             return  # not an epoch: the trial's error, which on_trial_complete records
-        epoch = int(result["epoch"])
-        # A retried trial starts again at epoch 0: its curve restarts rather than mixing two runs.
-        history = self._history[trial_id][:epoch]
-        history.append({k: result.get(k) for k in self._epoch_keys if k in result})
-        self._history[trial_id] = history
+        epoch, done = int(result["epoch"]), bool(result.get("last_epoch"))
+        log = self._logs[trial_id]
+        log.add({k: result.get(k) for k in self._epoch_keys if k in result})
         value = result.get(self._spec.objective.metric)
         if value is not None and math.isfinite(value):
             optuna_study.set_intermediate_value(self._study, trial, epoch, float(value))
-        attrs = {
-            "metrics": history,
-            "realized_lr": [h["lr"] for h in history],
-            "realized_momentum": [h["momentum"] for h in history],
-            **json.loads(result.get("schedule_attrs") or "{}"),
-        }
-        final = {k: v for k, v in result.items() if k in self._final_keys}
-        if final:  # the test split's metrics, reported once with the last epoch
-            attrs["test_metrics"] = final
+        attrs: dict[str, Any] = log.due(final=done or epoch == 0)
         if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
             attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device", "workload_origin")})
+            if result.get("worker"):
+                attrs["worker"] = json.loads(result["worker"])
+        if done:
+            attrs.update({"realized_lr": log.lr, "realized_momentum": log.momentum,
+                          **json.loads(result.get("schedule_attrs") or "{}")})
+            final = {k: v for k, v in result.items() if k in self._final_keys}
+            if final:  # the test split's metrics, reported once with the last epoch
+                attrs["test_metrics"] = final
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id not in self._trials:
             return
-        if result and "epoch" in result and len(self._history[trial_id]) <= int(result["epoch"]):
+        if result and "epoch" in result and self._logs[trial_id].epochs <= int(result["epoch"]):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
-        end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.stop_requested.is_set(),
-                                     metric=self._spec.objective.metric)
+        end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.ending,
+                                     metric=self._spec.objective.metric, time_limit_s=self._spec.trial_time_limit_s)
         self._finish(trial_id, end)
 
     def close_open_trials(self) -> None:
         """End the trials Tune never completed (a stop ends the experiment without completing them)."""
-        outcome = TrialOutcome.PRUNED if self._handle.stop_requested.is_set() else TrialOutcome.FAIL
+        outcome = TrialOutcome.PRUNED if self._handle.ending else TrialOutcome.FAIL
         reason = None if outcome is TrialOutcome.PRUNED else "the Tune run ended without completing it"
         for trial_id in list(self._trials):
             self._finish(trial_id, TrialEnd(outcome, reason=reason))
 
     def _finish(self, trial_id: str, end: TrialEnd) -> None:
         trial = self._trials.pop(trial_id)
-        self._history.pop(trial_id, None)
+        log = self._logs.pop(trial_id, None)
+        for key, records in (log.due(final=True) if log is not None else {}).items():
+            trial.set_user_attr(key, records)  # what the throttle held back, before the trial is finished
         plot = self._plots.pop(trial_id, None)
         if plot is not None:
             try:
@@ -163,7 +172,11 @@ class OptunaStudySearcher(Searcher):
             except Exception as err:  # noqa: BLE001  (a missing picture is no reason to lose a trial's result)
                 logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
                 trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
+        self._tell(trial, end)
+
+    def _tell(self, trial: optuna.Trial, end: TrialEnd) -> None:
         optuna_study.tell(self._study, trial, end)
+        self._ended += 1
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds the searcher's whole state."""

@@ -54,6 +54,11 @@ class Resources:
     gpu: float = 0.0
 
 
+MAX_EPOCH_TRIALS = 1_000_000  # epochs × n_trials: what one study may ask of the machine
+MAX_CONCURRENT_TRIALS = 256  # beyond any cluster this is deployed on; the driver caps it by the cluster's slots
+MAX_TIME_LIMIT_S = 30 * 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A study as every part of phasetune reads it. ``steps_per_epoch`` is the workload's, from its params."""
@@ -71,6 +76,8 @@ class StudySpec:
     seed: int = 0  # the study's seed: data, initial weights and batch order (per ``seed_policy``), and the sampler's
     seed_policy: SeedPolicy = field(default_factory=SeedPolicy)
     data_root: str | None = None  # where the workload's ``path`` params are: the service's, recorded at submission
+    trial_time_limit_s: float | None = None  # a trial still training after this long ends PRUNED (checked per epoch)
+    study_time_limit_s: float | None = None  # the study ends (completed) this long after it began running
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> StudySpec:
@@ -83,7 +90,10 @@ class StudySpec:
         except SpecError as err:
             raise err.under("workload") from None
         objective = _objective(raw["objective"], workload.epoch_metrics(), workload.name)
-        epochs = int(raw["epochs"])
+        epochs, n_trials = int(raw["epochs"]), int(raw["n_trials"])
+        if epochs * n_trials > MAX_EPOCH_TRIALS:
+            raise SpecError(("n_trials",), f"epochs × n_trials = {epochs * n_trials:,} exceeds the limit of "
+                                           f"{MAX_EPOCH_TRIALS:,} epochs per study")
         try:
             validate_schedule(raw["schedule"], epochs, steps_per_epoch)
         except SpecError as err:
@@ -99,7 +109,7 @@ class StudySpec:
             epochs=epochs,
             objective=objective,
             schedule=raw["schedule"],
-            n_trials=int(raw["n_trials"]),
+            n_trials=n_trials,
             steps_per_epoch=steps_per_epoch,
             max_concurrent_trials=int(raw.get("max_concurrent_trials", cls.max_concurrent_trials)),
             sampler=_build(SamplerSpec, sampler, name=SamplerName),
@@ -107,6 +117,8 @@ class StudySpec:
             seed=int(raw.get("seed", cls.seed)),
             seed_policy=_build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope),
             data_root=data_root,
+            trial_time_limit_s=_optional_float(raw.get("trial_time_limit_s")),
+            study_time_limit_s=_optional_float(raw.get("study_time_limit_s")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +153,10 @@ def _build(cls: type, raw: Mapping[str, Any], **convert: Any) -> Any:
     """A dataclass from the given keys of ``raw`` (the rest at their defaults), each converted as named."""
     names = {f.name for f in fields(cls)}
     return cls(**{key: convert.get(key, _same)(value) for key, value in raw.items() if key in names})
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _same(value: Any) -> Any:

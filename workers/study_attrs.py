@@ -19,6 +19,9 @@ ERROR = "phasetune:error"  # why the study failed
 STOP_REQUESTED = "phasetune:stop_requested"
 ARTIFACT_DIR = "phasetune:artifact_dir"  # where trial artifacts (schedule plots) go; the dashboard reads it
 UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by, e.g. {"lr_crit": 0.8}
+STARTED_AT = "phasetune:started_at"  # time.time() when its first driver began running it (its time limit counts)
+CONCURRENCY = "phasetune:concurrency"  # max_concurrent_trials as the driver ran it, capped by the cluster's slots
+ENDED_BY = "phasetune:ended_by"  # set when it ended for a limit rather than its trial budget: "study_time_limit_s"
 PROBES = "phasetune:probes"  # the probes' full results: {"curvature": {...}, "lr_range": {...}, "units", "device"}
 
 # Trial user attrs.

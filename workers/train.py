@@ -16,7 +16,7 @@ import torch
 
 from search_spaces.phased import PhasedOptimizer, realised_momentum
 from search_spaces.plan import Plan
-from workers.seeding import batch_order
+from workers.seeding import batch_order, stream_seed
 from workers.workloads import Workload
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -32,6 +32,9 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
     diverges (non-finite) or a loss-driven schedule (AutoDecay) says so.
     """
     model, train_split = workload.model, workload.data.train
+    # What draws from torch's global RNG while training (dropout, augmentation) draws the same in every process,
+    # fresh or a warm worker's n-th trial.
+    torch.manual_seed(stream_seed(order_seed, "train"))
     driver = PhasedOptimizer(plan, workload.optimizer_params())
     history: list[dict[str, Any]] = []
     for epoch in range(epochs):
@@ -63,11 +66,11 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
         history.append(metrics)
         diverged = not math.isfinite(train_loss)
         keep_going = driver.observe(epoch, train_loss) if not diverged else False
-        metrics["done"] = diverged or not keep_going or epoch == epochs - 1
-        if metrics["done"] and workload.data.test is not None:
+        metrics["last_epoch"] = diverged or not keep_going or epoch == epochs - 1
+        if metrics["last_epoch"] and workload.data.test is not None:
             metrics.update(workload.evaluate(workload.data.test, "test"))
         if on_epoch is not None:
             on_epoch(metrics)
-        if metrics["done"]:
+        if metrics["last_epoch"]:
             break
     return history

@@ -8,8 +8,10 @@ process or node is lost errors in Tune, and only that is retried.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 from typing import Any
 
 import ray
@@ -21,6 +23,9 @@ from workers.optuna_study import TRIAL_ERROR
 from workers.seeding import Seeds
 from workers.train import train
 from workers.workloads import build_workload, registered
+from workers.workloads.cache import PROCESS_CACHE
+
+_TRIALS_HERE = itertools.count(1)  # the how-manieth trial this (reused) worker process runs
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -37,11 +42,13 @@ def run_trial(config: dict[str, Any]) -> None:
             where["workload_origin"] = f"{entry.distribution} {entry.version}"
         seeds = Seeds(**config["seeds"])
         workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds,
-                                  config.get("data_root")).to(device)
+                                  config.get("data_root"), cache=PROCESS_CACHE).to(device)
+        # A JSON string (Tune flattens nested dicts): which warm process ran it, and what its cache gave.
+        where["worker"] = json.dumps({"pid": os.getpid(), "trial": next(_TRIALS_HERE), **workload.reused})
         plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
 
         def report(metrics: dict[str, Any]) -> None:
-            if metrics["done"]:
+            if metrics["last_epoch"]:
                 # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
                 metrics = {**metrics, "schedule_attrs": json.dumps(plan.extra_attrs())}
             tune.report({**metrics, **where})

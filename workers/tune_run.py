@@ -7,16 +7,19 @@ restarted driver resumes with the remaining trial budget.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from search_spaces import space
 from workers import optuna_study, probing, study_attrs
 from workers.handle import StudyHandle
 from workers.searcher import OptunaStudySearcher
+from workers.spec import Resources
 from workers.study_attrs import StudyStatus
 from workers.trainable import run_trial
 
@@ -24,17 +27,57 @@ logger = logging.getLogger(__name__)
 LOST_TRIAL_RETRIES = 2  # a trial whose process or node died is retried on another node this often
 
 
-class _StopWhenRequested(tune.Stopper):
-    """Stops the whole experiment once a stop is requested (in the storage, by any process)."""
+class _Stopper(tune.Stopper):
+    """Ends a trial past the spec's ``trial_time_limit_s``, and the whole run once a stop is requested (in the
+    storage, by any process) or the study's ``study_time_limit_s`` has passed since it first ran."""
 
-    def __init__(self, handle: StudyHandle) -> None:
+    def __init__(self, handle: StudyHandle, deadline: float | None) -> None:
         self._handle = handle
+        self._trial_limit_s = handle.spec.trial_time_limit_s
+        self._deadline = deadline  # time.time() at which the study's time is up
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
+        return self._trial_limit_s is not None and result.get("time_total_s", 0.0) >= self._trial_limit_s
 
     def stop_all(self) -> bool:
-        return self._handle.refresh_stop_flag()
+        if self._deadline is not None and time.time() >= self._deadline:
+            self._handle.time_is_up.set()
+        return self._handle.refresh_stop_flag() or self._handle.time_is_up.is_set()
+
+
+def trial_slots(resources: Resources, nodes: list[dict[str, Any]] | None = None) -> int:
+    """How many trials needing ``resources`` the cluster's alive nodes can run at once (a trial runs on one node)."""
+    slots = 0
+    for node in ray.nodes() if nodes is None else nodes:
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        fits = [have.get(kind, 0.0) / need for kind, need in (("CPU", resources.cpu), ("GPU", resources.gpu)) if need]
+        slots += int(min(fits) + 1e-9) if fits else 0
+    return slots
+
+
+def _concurrency(handle: StudyHandle) -> int:
+    """The spec's ``max_concurrent_trials``, capped by the cluster's slots: Tune would otherwise start trials that
+    wait for resources while Optuna shows them RUNNING. Recorded with the study."""
+    resources = handle.spec.resources_per_trial
+    slots = trial_slots(resources)
+    if slots == 0:
+        raise RuntimeError(f"no node of the cluster can run a trial needing resources_per_trial = "
+                           f"{{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}}")
+    concurrency = min(handle.spec.max_concurrent_trials, slots)
+    handle.set_attr(study_attrs.CONCURRENCY, concurrency)
+    return concurrency
+
+
+def _deadline(handle: StudyHandle) -> float | None:
+    """When the study's time is up: ``study_time_limit_s`` after its first driver began (a restart keeps it)."""
+    started = handle.study.user_attrs.get(study_attrs.STARTED_AT)
+    if started is None:
+        started = time.time()
+        handle.set_attr(study_attrs.STARTED_AT, started)
+    limit = handle.spec.study_time_limit_s
+    return None if limit is None else float(started) + limit
 
 
 def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
@@ -54,16 +97,19 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
         searcher = OptunaStudySearcher(handle, units=units)
-        if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True):
+        stopper = _Stopper(handle, _deadline(handle))
+        if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all():
             resources = spec.resources_per_trial
             tuner = tune.Tuner(
                 tune.with_resources(run_trial, {"cpu": resources.cpu, "gpu": resources.gpu}),
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
-                                            max_concurrent_trials=spec.max_concurrent_trials),
+                # Warm workers: a trial runs in the process of an earlier one (no start-up, imports, data or
+                # model construction again: workers.workloads.cache).
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
+                                            max_concurrent_trials=_concurrency(handle)),
                 run_config=tune.RunConfig(
                     name=f"phasetune-{handle.study_name}",
                     storage_path=str(Path(results_dir).resolve()),
-                    stop=_StopWhenRequested(handle),
+                    stop=stopper,
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=LOST_TRIAL_RETRIES),
                 ),
@@ -72,6 +118,8 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
             searcher.close_open_trials()
         optuna_study.sweep_stale_trials(study)  # nothing of this study may stay RUNNING once its driver is done
         status = StudyStatus.STOPPED if handle.stop_requested.is_set() else StudyStatus.COMPLETED
+        if handle.time_is_up.is_set() and not handle.stop_requested.is_set():
+            handle.set_attr(study_attrs.ENDED_BY, "study_time_limit_s")
     except Exception:
         _record_failure(handle, traceback.format_exc(limit=20))
         return StudyStatus.FAILED

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 
 from service import studies
+from service.db import ID_MAX
 from service.deps import LauncherDep, SettingsDep, StorageDep
 from service.schemas import StudyCreate, StudyOut, TrialOut
 
@@ -30,8 +33,19 @@ def get_study(study_id: int, storage: StorageDep, settings: SettingsDep) -> Stud
 
 
 @router.get("/{study_id}/trials", responses=NOT_FOUND)
-def get_trials(study_id: int, storage: StorageDep) -> list[TrialOut]:
-    return studies.trials(storage=storage, study_id=study_id)
+def get_trials(study_id: int, storage: StorageDep, request: Request, response: Response,
+               offset: Annotated[int, Query(ge=0, le=ID_MAX, description="the first trial number")] = 0,
+               limit: Annotated[int, Query(ge=1, le=studies.MAX_PAGE_SIZE)] = studies.PAGE_SIZE,
+               history: Annotated[bool, Query(description="include each trial's per-epoch records")] = True,
+               ) -> list[TrialOut]:
+    """One page of trials in number order. ``X-Total-Count`` says how many the study has; a ``Link`` header with
+    ``rel="next"`` points at the next page while there is one."""
+    page, total = studies.trials(storage=storage, study_id=study_id, offset=offset, limit=limit, history=history)
+    response.headers["X-Total-Count"] = str(total)
+    if offset + limit < total:
+        following = request.url.include_query_params(offset=offset + limit, limit=limit)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return page
 
 
 @router.post("/{study_id}/stop", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND)

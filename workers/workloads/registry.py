@@ -21,6 +21,7 @@ from torch.utils.data import IterableDataset
 
 from search_spaces.errors import SpecError
 from workers.seeding import Seeds, seeded_init
+from workers.workloads.cache import WorkloadCache, params_key
 from workers.workloads.contract import Data, WorkloadSpec
 from workers.workloads.paths import default_data_root, resolve_under
 from workers.workloads.runtime import Workload
@@ -153,20 +154,35 @@ def workload_steps(spec: WorkloadSpec, runtime: Mapping[str, Any]) -> int:
 
 
 def build_workload(name: str, params: Mapping[str, Any] | None, seed: int | Seeds,
-                   data_root: str | Path | None = None) -> Workload:
-    """Build the workload: its data from ``seed.data``, its model under ``seed.init`` (an int seeds both)."""
+                   data_root: str | Path | None = None, cache: WorkloadCache | None = None) -> Workload:
+    """Build the workload: its data from ``seed.data``, its model under ``seed.init`` (an int seeds both).
+
+    With a ``cache`` (a warm trial worker's), data and initial model that an earlier trial built from the same
+    workload, params and seeds are reused (``Workload.reused`` says which).
+    """
     seeds = seed if isinstance(seed, Seeds) else Seeds.shared(seed)
     spec, _, runtime = resolve_runtime(name, params, data_root)
-    with seeded_init(seeds.data, "data"):
-        data = spec.data(runtime, seeds.data)
-    _check_data(spec, runtime, data)
-    with seeded_init(seeds.init):
-        model = spec.model(runtime, data)
+    cache = cache if cache is not None else WorkloadCache(entries=0)
+
+    def load_data() -> Data:
+        with seeded_init(seeds.data, "data"):
+            data = spec.data(runtime, seeds.data)
+        _check_data(spec, runtime, data)
+        return data
+
+    def build_model() -> torch.nn.Module:
+        with seeded_init(seeds.init):
+            return spec.model(runtime, data)
+
+    data_key = (spec.name, params_key(runtime), seeds.data)
+    data, data_reused = cache.data(data_key, load_data)
+    model, model_reused = cache.model((*data_key, seeds.init), build_model)
     groups = spec.param_groups(model, runtime) if spec.param_groups is not None else None
     if groups is not None:
         _check_groups(spec.name, model, groups)
     return Workload(spec=spec, params=runtime, model=model, data=data, batch_size=spec.batch_size(runtime),
-                    param_groups=groups, device=torch.device("cpu"))
+                    param_groups=groups, device=torch.device("cpu"),
+                    reused={"data": data_reused, "model": model_reused})
 
 
 def _check_data(spec: WorkloadSpec, runtime: Mapping[str, Any], data: Data) -> None:

@@ -46,6 +46,7 @@ class Workload:
     batch_size: int
     param_groups: list[dict[str, Any]] | None
     device: torch.device
+    reused: Mapping[str, bool] = field(default_factory=dict)  # what a warm worker's cache gave: {"data", "model"}
     _loaders: dict[tuple[int, int], tuple[DataLoader, _Order]] = field(default_factory=dict, repr=False)
 
     # ---- what the contract declared --------------------------------------------------------------------------

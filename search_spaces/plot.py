@@ -59,8 +59,9 @@ def plot_schedule(schedule: Mapping[str, Any], epochs: int, steps_per_epoch: int
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     data = _series(schedule, epochs, steps_per_epoch)
-    fig = Figure(figsize=(7, 5), constrained_layout=True)
+    fig = Figure(figsize=(7, 5))
     ax_lr, ax_m = fig.subplots(2, 1, sharex=True)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.1, hspace=0.1)  # fixed: a layout engine costs more
     ax_lr.plot(data["epoch"], data["lr"], color="tab:blue", linewidth=1.2)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_title(data["title"])

@@ -117,9 +117,10 @@ def test_each_trial_carries_its_schedule_plot(handle, tmp_path):
     study.set_user_attr(study_attrs.ARTIFACT_DIR, str(tmp_path / "artifacts"))
     searcher = OptunaStudySearcher(StudyHandle(handle.storage_url, "searcher"))
     searcher.suggest("t0")  # drawn on a background thread ...
-    searcher.on_trial_complete("t0", _result(2, 0.5, done=True))  # ... and attached before the trial ends
+    searcher.on_trial_complete("t0", _result(2, 0.5, done=True))  # ... and attached before the trial ends:
+    searcher.close()  # the tell waits for the picture on its thread (Tune's loop does not)
     trial = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials[0]
-    assert trial.state.name == "COMPLETE"
+    assert trial.state.name == "COMPLETE" and searcher.remaining() == 2
     (meta,) = get_all_artifact_meta(trial, storage=handle.storage)
     assert meta.mimetype == "image/png"
     png = tmp_path / "artifacts" / meta.artifact_id

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from workers.optuna_study import TRIAL_ERROR, trial_end
+from workers.optuna_study import trial_end
+from workers.results import TRIAL_ERROR
 from workers.trainable import run_trial
 
 pytestmark = pytest.mark.slow

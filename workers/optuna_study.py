@@ -21,9 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, orm
 
 from workers import study_attrs
+from workers.results import LAST_EPOCH, TRIAL_ERROR
 from workers.spec import SamplerName, StudySpec
-
-TRIAL_ERROR = "trial_error"  # result key: the exception a trial raised (deterministic: it is not retried)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -95,9 +94,9 @@ def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: b
         return TrialEnd(TrialOutcome.FAIL, reason="its process or node was lost and Ray Tune's retries ran out")
     if result.get(TRIAL_ERROR):
         return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
-    if not result.get("last_epoch") and stop_requested:
+    if not result.get(LAST_EPOCH) and stop_requested:
         return TrialEnd(TrialOutcome.PRUNED)
-    if not result.get("last_epoch") and time_limit_s is not None and result.get("time_total_s", 0) >= time_limit_s:
+    if not result.get(LAST_EPOCH) and time_limit_s is not None and result.get("time_total_s", 0) >= time_limit_s:
         return TrialEnd(TrialOutcome.PRUNED, reason=f"trial_time_limit_s: still training after {time_limit_s:g} s")
     value = result.get(metric)
     if value is None or not math.isfinite(value):

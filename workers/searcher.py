@@ -3,9 +3,11 @@
 ``suggest`` asks Optuna for a trial and samples a concrete schedule from the study's space (define-by-run); a
 sample that breaks a cross-field rule (``eta_min`` above the sampled ``lr``) ends that trial FAIL with the rule's
 fields in its ``fail_reason``, and the search goes on. ``on_trial_result`` writes the epoch's objective as an
-intermediate value and the realised lr/momentum as user attrs; ``on_trial_complete`` tells Optuna the outcome
-(``optuna_study.trial_end``). Each trial's schedule plot is drawn and attached on a background thread, off the
-path that starts trials. Nothing is swallowed: a failed ``tell`` raises.
+intermediate value and its record into the trial's history (``epoch_log``: constant work per epoch);
+``on_trial_complete`` tells Optuna the outcome (``optuna_study.trial_end``). Each trial's schedule plot is drawn and
+attached on a background thread; a trial whose picture is not ready when it ends is told after it, on that thread,
+so that neither starting nor ending a trial waits for a picture. Nothing is swallowed: a failed ``tell`` raises
+(from ``close`` if it was queued). What remains of the budget is counted, not read from the storage.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ray.tune.search import Searcher
 
 from search_spaces import SpecError, build_plan, sample_schedule
 from search_spaces.plot import upload_schedule_png
-from workers import optuna_study, study_attrs
+from workers import optuna_study, results, study_attrs
 from workers.epoch_log import EpochLog
 from workers.handle import StudyHandle
 from workers.optuna_study import TrialEnd, TrialOutcome
@@ -31,7 +33,6 @@ from workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
 logger = logging.getLogger(__name__)
-PLOT_TIMEOUT_S = 60.0  # a trial's end waits this long at most for its picture (Tune's loop waits with it)
 
 
 class OptunaStudySearcher(Searcher):
@@ -44,6 +45,7 @@ class OptunaStudySearcher(Searcher):
         self._logs: dict[str, EpochLog] = {}
         self._ended = 0  # trials this searcher has told Optuna the end of
         self._plots: dict[str, Future[Any]] = {}
+        self._pending: list[Future[None]] = []  # tells queued behind their trial's picture
 
     @property
     def _study(self) -> optuna.Study:
@@ -88,7 +90,8 @@ class OptunaStudySearcher(Searcher):
                 schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
                 build_plan(schedule, self._spec.epochs, self._spec.steps_per_epoch)  # as the trial will
             except SpecError as err:  # this sample breaks a rule of its family: this trial fails, the study not
-                self._tell(trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
+                optuna_study.tell(self._study, trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
+                self._ended += 1
                 continue
             return self._start(trial_id, trial, schedule)
         return Searcher.FINISHED
@@ -122,9 +125,9 @@ class OptunaStudySearcher(Searcher):
         """Constant work per epoch: the objective as the epoch's intermediate value, the epoch's record into its
         chunk of the history (``epoch_log``); what is written once goes at the trial's first or last epoch."""
         trial = self._trials[trial_id]
-        if optuna_study.TRIAL_ERROR in result:
+        if results.TRIAL_ERROR in result:
             return  # not an epoch: the trial's error, which on_trial_complete records
-        epoch, done = int(result["epoch"]), bool(result.get("last_epoch"))
+        epoch, done = int(result["epoch"]), bool(result.get(results.LAST_EPOCH))
         log = self._logs[trial_id]
         log.add({k: result.get(k) for k in self._epoch_keys if k in result})
         value = result.get(self._spec.objective.metric)
@@ -133,11 +136,11 @@ class OptunaStudySearcher(Searcher):
         attrs: dict[str, Any] = log.due(final=done or epoch == 0)
         if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
             attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device", "workload_origin")})
-            if result.get("worker"):
-                attrs["worker"] = json.loads(result["worker"])
+            if result.get(results.WORKER):
+                attrs[results.WORKER] = json.loads(result[results.WORKER])
         if done:
             attrs.update({"realized_lr": log.lr, "realized_momentum": log.momentum,
-                          **json.loads(result.get("schedule_attrs") or "{}")})
+                          **json.loads(result.get(results.SCHEDULE_ATTRS) or "{}")})
             final = {k: v for k, v in result.items() if k in self._final_keys}
             if final:  # the test split's metrics, reported once with the last epoch
                 attrs["test_metrics"] = final
@@ -161,22 +164,34 @@ class OptunaStudySearcher(Searcher):
             self._finish(trial_id, TrialEnd(outcome, reason=reason))
 
     def _finish(self, trial_id: str, end: TrialEnd) -> None:
+        """Write what is left of the trial and tell Optuna its end; if its picture is still being drawn, the tell
+        follows the picture on the plot thread, so that Tune's loop (which calls this) never waits for it."""
         trial = self._trials.pop(trial_id)
+        self._ended += 1
         log = self._logs.pop(trial_id, None)
         for key, records in (log.due(final=True) if log is not None else {}).items():
             trial.set_user_attr(key, records)  # what the throttle held back, before the trial is finished
         plot = self._plots.pop(trial_id, None)
-        if plot is not None:
-            try:
-                plot.result(timeout=PLOT_TIMEOUT_S)
-            except Exception as err:  # noqa: BLE001  (a missing picture is no reason to lose a trial's result)
-                logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
-                trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
-        self._tell(trial, end)
+        if plot is None or plot.done():
+            self._tell_after(plot, trial, end)
+        else:
+            self._pending.append(self._plotter.submit(self._tell_after, plot, trial, end))
 
-    def _tell(self, trial: optuna.Trial, end: TrialEnd) -> None:
+    def _tell_after(self, plot: Future[Any] | None, trial: optuna.Trial, end: TrialEnd) -> None:
+        if plot is not None and plot.exception() is not None:  # a missing picture loses no trial's result
+            err = plot.exception()
+            logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
+            trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
         optuna_study.tell(self._study, trial, end)
-        self._ended += 1
+
+    def close(self) -> None:
+        """Wait for the tells that follow a picture; the first that failed raises (nothing is swallowed)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        if "_plotter" in self.__dict__:
+            self._plotter.shutdown(wait=True)
+            del self.__dict__["_plotter"]
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds the searcher's whole state."""

@@ -16,6 +16,7 @@ import torch
 
 from search_spaces.phased import PhasedOptimizer, realised_momentum
 from search_spaces.plan import Plan
+from workers.results import LAST_EPOCH
 from workers.seeding import batch_order, stream_seed
 from workers.workloads import Workload
 
@@ -66,11 +67,11 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
         history.append(metrics)
         diverged = not math.isfinite(train_loss)
         keep_going = driver.observe(epoch, train_loss) if not diverged else False
-        metrics["last_epoch"] = diverged or not keep_going or epoch == epochs - 1
-        if metrics["last_epoch"] and workload.data.test is not None:
+        metrics[LAST_EPOCH] = diverged or not keep_going or epoch == epochs - 1
+        if metrics[LAST_EPOCH] and workload.data.test is not None:
             metrics.update(workload.evaluate(workload.data.test, "test"))
         if on_epoch is not None:
             on_epoch(metrics)
-        if metrics["last_epoch"]:
+        if metrics[LAST_EPOCH]:
             break
     return history

@@ -19,7 +19,7 @@ import torch
 from ray import tune
 
 from search_spaces.plan import build_plan
-from workers.optuna_study import TRIAL_ERROR
+from workers.results import LAST_EPOCH, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
 from workers.seeding import Seeds
 from workers.train import train
 from workers.workloads import build_workload, registered
@@ -44,13 +44,13 @@ def run_trial(config: dict[str, Any]) -> None:
         workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds,
                                   config.get("data_root"), cache=PROCESS_CACHE).to(device)
         # A JSON string (Tune flattens nested dicts): which warm process ran it, and what its cache gave.
-        where["worker"] = json.dumps({"pid": os.getpid(), "trial": next(_TRIALS_HERE), **workload.reused})
+        where[WORKER] = json.dumps({"pid": os.getpid(), "trial": next(_TRIALS_HERE), **workload.reused})
         plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
 
         def report(metrics: dict[str, Any]) -> None:
-            if metrics["last_epoch"]:
+            if metrics[LAST_EPOCH]:
                 # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
-                metrics = {**metrics, "schedule_attrs": json.dumps(plan.extra_attrs())}
+                metrics = {**metrics, SCHEDULE_ATTRS: json.dumps(plan.extra_attrs())}
             tune.report({**metrics, **where})
 
         train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report)

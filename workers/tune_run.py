@@ -114,8 +114,11 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
                     failure_config=tune.FailureConfig(max_failures=LOST_TRIAL_RETRIES),
                 ),
             )
-            tuner.fit()
-            searcher.close_open_trials()
+            try:
+                tuner.fit()
+                searcher.close_open_trials()
+            finally:
+                searcher.close()  # tells queued behind their pictures land before anything is swept
         optuna_study.sweep_stale_trials(study)  # nothing of this study may stay RUNNING once its driver is done
         status = StudyStatus.STOPPED if handle.stop_requested.is_set() else StudyStatus.COMPLETED
         if handle.time_is_up.is_set() and not handle.stop_requested.is_set():

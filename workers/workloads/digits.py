@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
 
 from search_spaces.errors import SpecError
 from workers.seeding import generator
@@ -34,6 +33,8 @@ def train_size(params: Mapping[str, Any]) -> int:
 
 
 def data(params: Mapping[str, Any], seed: int) -> Data:
+    from sklearn.datasets import load_digits  # here, not at import: scikit-learn takes seconds to import
+
     x_all, y_all = load_digits(return_X_y=True)
     x = torch.as_tensor(x_all, dtype=torch.float32)
     y = torch.as_tensor(y_all, dtype=torch.long)

@@ -1,0 +1,12 @@
+"""Keys a trial adds to the per-epoch results it reports to Ray Tune, beside the epoch's metrics (``train.py``).
+
+Its own module, light to import: the trainable (in every worker process) and the driver's searcher both read them,
+and the trainable must not pull in Optuna.
+"""
+
+from __future__ import annotations
+
+LAST_EPOCH = "last_epoch"  # true on the trial's last epoch: it trained to the end, diverged, or its schedule ended it
+TRIAL_ERROR = "trial_error"  # the exception the trial raised (deterministic: it is not retried)
+WORKER = "worker"  # JSON: the warm worker process that ran it ({"pid", "trial", "data", "model"})
+SCHEDULE_ATTRS = "schedule_attrs"  # JSON: what the plan adds to the trial's user attrs at its end

@@ -24,7 +24,7 @@ from workers.study_attrs import StudyStatus
 
 PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked otherwise
 MAX_PAGE_SIZE = 1000
-PER_EPOCH_ATTRS = ("realized_lr", "realized_momentum")  # user attrs that grow with the epochs
+PER_EPOCH_ATTRS = (study_attrs.REALIZED_LR, study_attrs.REALIZED_MOMENTUM)  # user attrs that grow with the epochs
 
 
 class StudyExists(Exception):
@@ -39,6 +39,7 @@ def create(*, storage: optuna.storages.BaseStorage, settings: Settings, request:
            launcher: Launcher | None) -> StudyOut:
     """Validate, store atomically (one winner per name), and hand to the launcher if this app runs studies."""
     spec = StudySpec.parse({**request.model_dump(mode="json"), "data_root": settings.data_root})
+    spec.check_limits()
     attrs = {
         study_attrs.STATUS: StudyStatus.QUEUED.value,
         study_attrs.CREATED_AT: datetime.now(timezone.utc).isoformat(),

@@ -49,3 +49,29 @@ def test_the_sweep_fails_a_running_trial_by_number(study):
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["phasetune_swept"] is True
     assert optuna_study.sweep_stale_trials(study) == 0
+
+
+def test_the_rdb_reads_agree_with_optunas_public_ones(study):
+    """``count_trials``, ``count_trials_with_attr`` and ``trials_page`` read Optuna's tables through its private
+    models; they must give what the public (load-everything) API gives."""
+    from optuna.trial import TrialState
+
+    for i in range(5):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("tag", i)
+        if i % 2 == 0:
+            trial.set_user_attr("even", True)
+        trial.report(i / 10, 0)
+        if i < 4:
+            study.tell(trial, i / 10) if i % 3 else study.tell(trial, state=TrialState.FAIL)
+    storage = optuna_study.storage_of(study)._backend
+    sid = optuna_study.study_id(study)
+    public = study.get_trials(deepcopy=False)
+    expected: dict = {}
+    for trial in public:
+        expected[trial.state] = expected.get(trial.state, 0) + 1
+    assert optuna_study.count_trials(storage, sid) == expected
+    assert optuna_study.count_trials_with_attr(storage, sid, "even") == 3
+    page = optuna_study.trials_page(storage, sid, 1, 3)
+    assert page == public[1:4]
+    assert optuna_study.trials_page(storage, sid, 5, 3) == []

@@ -232,3 +232,45 @@ def test_counting_trials_by_state_is_one_query(storage_url):
         counts = optuna_study.count_trials(searcher._handle.storage, searcher._handle.study_id)
     assert len(seen) == 1
     assert counts == {optuna.trial.TrialState.COMPLETE: 1, optuna.trial.TrialState.RUNNING: 2}
+
+
+# ---- what review found: retries, stops, stored specs ---------------------------------------------------------
+
+
+def test_a_retry_empties_the_chunks_its_earlier_run_wrote_beyond_its_own(monkeypatch):
+    monkeypatch.setattr(epoch_log, "EPOCHS_PER_CHUNK", 2)
+    monkeypatch.setattr(epoch_log, "FLUSH_S", 0.0)
+    stored: dict = {}
+    log = epoch_log.EpochLog()
+    for epoch in range(6):  # the first run reaches chunk 2 ...
+        log.add({"epoch": epoch, "run": 1})
+        stored.update(log.due())
+    for epoch in range(2):  # ... the retry ends exactly at a chunk's end: chunk 1 (run 1's) would continue it
+        log.add({"epoch": epoch, "run": 2})
+        stored.update(log.due())
+    assert [(r["epoch"], r["run"]) for r in epoch_log.history(stored)] == [(0, 2), (1, 2)]
+    assert log.realised() == {"realized_lr": [None, None], "realized_momentum": [None, None]}
+
+
+def test_a_trial_whose_last_epoch_came_before_the_stop_is_complete_and_a_cut_one_keeps_its_lr(storage_url):
+    searcher = _searcher(storage_url, "stopped")
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    searcher.on_trial_result("t0", _epoch(0))
+    searcher.on_trial_result("t0", _epoch(1, done=True))  # trained to the end; Tune had not completed it yet
+    searcher.on_trial_result("t1", _epoch(0))
+    searcher._handle.time_is_up.set()
+    searcher.close_open_trials()
+    searcher.close()
+    done, cut = searcher._study.trials
+    assert done.state.name == "COMPLETE" and done.value == pytest.approx(0.5)
+    assert cut.state.name == "PRUNED" and cut.user_attrs["fail_reason"].startswith("study_time_limit_s")
+    assert cut.user_attrs["realized_lr"] == [0.1] and done.user_attrs["realized_lr"] == [0.1, 0.1]
+
+
+def test_a_stored_study_over_a_newer_limit_still_parses():
+    from workers.spec import MAX_EPOCH_TRIALS, StudySpec
+
+    spec = StudySpec.parse({**SEARCHER_SPEC, "epochs": 1000, "n_trials": MAX_EPOCH_TRIALS})
+    with pytest.raises(Exception, match="epochs × n_trials"):
+        spec.check_limits()

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, orm
 
 from workers import study_attrs
-from workers.results import LAST_EPOCH, TRIAL_ERROR
+from workers.results import LAST_EPOCH, TRIAL_ERROR, past_time_limit
 from workers.spec import SamplerName, StudySpec
 
 
@@ -96,7 +96,7 @@ def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: b
         return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
     if not result.get(LAST_EPOCH) and stop_requested:
         return TrialEnd(TrialOutcome.PRUNED)
-    if not result.get(LAST_EPOCH) and time_limit_s is not None and result.get("time_total_s", 0) >= time_limit_s:
+    if not result.get(LAST_EPOCH) and past_time_limit(result, time_limit_s):
         return TrialEnd(TrialOutcome.PRUNED, reason=f"trial_time_limit_s: still training after {time_limit_s:g} s")
     value = result.get(metric)
     if value is None or not math.isfinite(value):
@@ -169,6 +169,18 @@ def count_trials(storage: optuna.storages.RDBStorage, study_id: int) -> dict[Tri
     finally:
         session.close()
     return {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
+
+
+def count_trials_with_attr(storage: optuna.storages.RDBStorage, study_id: int, key: str) -> int:
+    """How many trials of the study carry the user attr ``key``: one query, no trial loaded."""
+    session = storage.scoped_session()
+    try:
+        attr, trial = rdb_models.TrialUserAttributeModel, rdb_models.TrialModel
+        return (session.query(func.count(attr.trial_user_attribute_id))
+                .join(trial, trial.trial_id == attr.trial_id)
+                .filter(trial.study_id == study_id, attr.key == key).scalar())
+    finally:
+        session.close()
 
 
 def trials_page(storage: optuna.storages.RDBStorage, study_id: int, offset: int, limit: int) -> list[FrozenTrial]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import cached_property
 from typing import Any
 
@@ -29,6 +29,7 @@ from workers.epoch_log import EpochLog
 from workers.handle import StudyHandle
 from workers.optuna_study import TrialEnd, TrialOutcome
 from workers.spec import Direction, StudySpec
+from workers.study_attrs import EndedBy
 from workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
@@ -46,6 +47,7 @@ class OptunaStudySearcher(Searcher):
         self._ended = 0  # trials this searcher has told Optuna the end of
         self._plots: dict[str, Future[Any]] = {}
         self._pending: list[Future[None]] = []  # tells queued behind their trial's picture
+        self._last: dict[str, dict[str, Any]] = {}  # each running trial's last epoch result
 
     @property
     def _study(self) -> optuna.Study:
@@ -70,13 +72,16 @@ class OptunaStudySearcher(Searcher):
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedule-plot")
 
     @cached_property
+    def _teller(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="tell-after-plot")
+
+    @cached_property
     def _finished_at_start(self) -> int:
         """Finished trials that use up the budget when this driver began, except those the sweeper failed (crash
         victims): counted once, in the storage; from then on this driver's own ends are counted as they happen."""
         storage, study_id = self._handle.storage, self._handle.study_id
         counts = optuna_study.count_trials(storage, study_id)
-        swept = sum(1 for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
-                    if t.user_attrs.get(study_attrs.SWEPT))
+        swept = optuna_study.count_trials_with_attr(storage, study_id, study_attrs.SWEPT)
         return sum(counts.get(state, 0) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)) - swept
 
     def remaining(self) -> int:
@@ -130,6 +135,7 @@ class OptunaStudySearcher(Searcher):
         epoch, done = int(result["epoch"]), bool(result.get(results.LAST_EPOCH))
         log = self._logs[trial_id]
         log.add({k: result.get(k) for k in self._epoch_keys if k in result})
+        self._last[trial_id] = result
         value = result.get(self._spec.objective.metric)
         if value is not None and math.isfinite(value):
             optuna_study.set_intermediate_value(self._study, trial, epoch, float(value))
@@ -139,8 +145,7 @@ class OptunaStudySearcher(Searcher):
             if result.get(results.WORKER):
                 attrs[results.WORKER] = json.loads(result[results.WORKER])
         if done:
-            attrs.update({"realized_lr": log.lr, "realized_momentum": log.momentum,
-                          **json.loads(result.get(results.SCHEDULE_ATTRS) or "{}")})
+            attrs.update({**log.realised(), **json.loads(result.get(results.SCHEDULE_ATTRS) or "{}")})
             final = {k: v for k, v in result.items() if k in self._final_keys}
             if final:  # the test split's metrics, reported once with the last epoch
                 attrs["test_metrics"] = final
@@ -157,28 +162,38 @@ class OptunaStudySearcher(Searcher):
         self._finish(trial_id, end)
 
     def close_open_trials(self) -> None:
-        """End the trials Tune never completed (a stop ends the experiment without completing them)."""
-        outcome = TrialOutcome.PRUNED if self._handle.ending else TrialOutcome.FAIL
-        reason = None if outcome is TrialOutcome.PRUNED else "the Tune run ended without completing it"
+        """End the trials Tune never completed (a stop ends the experiment without completing them): one whose
+        last epoch was already reported is COMPLETE, the others PRUNED (stopped) or FAIL (the run just ended)."""
         for trial_id in list(self._trials):
-            self._finish(trial_id, TrialEnd(outcome, reason=reason))
+            last = self._last.get(trial_id)
+            if self._handle.ending:
+                end = optuna_study.trial_end(last, lost=False, stop_requested=True, metric=self._spec.objective.metric)
+                if end.outcome is TrialOutcome.PRUNED and self._handle.time_is_up.is_set():
+                    end = TrialEnd(TrialOutcome.PRUNED, reason=f"{EndedBy.STUDY_TIME_LIMIT.value}: the study's time "
+                                                               f"was up")
+            else:
+                end = TrialEnd(TrialOutcome.FAIL, reason="the Tune run ended without completing it")
+            self._finish(trial_id, end)
 
     def _finish(self, trial_id: str, end: TrialEnd) -> None:
         """Write what is left of the trial and tell Optuna its end; if its picture is still being drawn, the tell
         follows the picture on the plot thread, so that Tune's loop (which calls this) never waits for it."""
         trial = self._trials.pop(trial_id)
         self._ended += 1
+        self._last.pop(trial_id, None)
         log = self._logs.pop(trial_id, None)
-        for key, records in (log.due(final=True) if log is not None else {}).items():
-            trial.set_user_attr(key, records)  # what the throttle held back, before the trial is finished
+        if log is not None:  # what the throttle held back, and (for a trial cut short) its realised lr and momentum
+            attrs = {**log.due(final=True), **({} if log.realised_written else log.realised())}
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
         plot = self._plots.pop(trial_id, None)
         if plot is None or plot.done():
             self._tell_after(plot, trial, end)
-        else:
-            self._pending.append(self._plotter.submit(self._tell_after, plot, trial, end))
+        else:  # on a thread of its own, which waits for this trial's picture only
+            self._pending.append(self._teller.submit(self._tell_after, plot, trial, end))
 
     def _tell_after(self, plot: Future[Any] | None, trial: optuna.Trial, end: TrialEnd) -> None:
-        if plot is not None and plot.exception() is not None:  # a missing picture loses no trial's result
+        if plot is not None and plot.exception() is not None:  # waits for it; a missing one loses no result
             err = plot.exception()
             logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
             trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
@@ -187,11 +202,14 @@ class OptunaStudySearcher(Searcher):
     def close(self) -> None:
         """Wait for the tells that follow a picture; the first that failed raises (nothing is swallowed)."""
         pending, self._pending = self._pending, []
+        try:
+            wait(pending)
+        finally:
+            for name in ("_teller", "_plotter"):
+                if name in self.__dict__:
+                    self.__dict__.pop(name).shutdown(wait=True)
         for future in pending:
             future.result()
-        if "_plotter" in self.__dict__:
-            self._plotter.shutdown(wait=True)
-            del self.__dict__["_plotter"]
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the Optuna storage holds the searcher's whole state."""

@@ -91,9 +91,6 @@ class StudySpec:
             raise err.under("workload") from None
         objective = _objective(raw["objective"], workload.epoch_metrics(), workload.name)
         epochs, n_trials = int(raw["epochs"]), int(raw["n_trials"])
-        if epochs * n_trials > MAX_EPOCH_TRIALS:
-            raise SpecError(("n_trials",), f"epochs × n_trials = {epochs * n_trials:,} exceeds the limit of "
-                                           f"{MAX_EPOCH_TRIALS:,} epochs per study")
         try:
             validate_schedule(raw["schedule"], epochs, steps_per_epoch)
         except SpecError as err:
@@ -120,6 +117,13 @@ class StudySpec:
             trial_time_limit_s=_optional_float(raw.get("trial_time_limit_s")),
             study_time_limit_s=_optional_float(raw.get("study_time_limit_s")),
         )
+
+    def check_limits(self) -> None:
+        """The limits that protect the machine, checked at submission (a study stored before a limit changed
+        still runs): SpecError naming the field."""
+        if self.epochs * self.n_trials > MAX_EPOCH_TRIALS:
+            raise SpecError(("n_trials",), f"epochs × n_trials = {self.epochs * self.n_trials:,} exceeds the limit "
+                                           f"of {MAX_EPOCH_TRIALS:,} epochs per study")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON the storage keeps (enums as their values); ``steps_per_epoch`` is derived, not kept."""

@@ -21,13 +21,15 @@ ARTIFACT_DIR = "phasetune:artifact_dir"  # where trial artifacts (schedule plots
 UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by, e.g. {"lr_crit": 0.8}
 STARTED_AT = "phasetune:started_at"  # time.time() when its first driver began running it (its time limit counts)
 CONCURRENCY = "phasetune:concurrency"  # max_concurrent_trials as the driver ran it, capped by the cluster's slots
-ENDED_BY = "phasetune:ended_by"  # set when it ended for a limit rather than its trial budget: "study_time_limit_s"
+ENDED_BY = "phasetune:ended_by"  # an EndedBy value, set when a limit rather than its trial budget ended it
 PROBES = "phasetune:probes"  # the probes' full results: {"curvature": {...}, "lr_range": {...}, "units", "device"}
 
 # Trial user attrs.
 SCHEDULE = "schedule"  # the concrete schedule the trial trained with (numbers only)
 SEEDS = "seeds"  # the seeds it used: {"data", "init", "batch_order"}
 FAIL_REASON = "fail_reason"  # why it ended FAIL, naming the fields where a sample broke a rule
+REALIZED_LR = "realized_lr"  # per epoch: the lr the optimizer used at the epoch's first step
+REALIZED_MOMENTUM = "realized_momentum"  # the same for momentum (Adam's beta1)
 SWEPT = "phasetune_swept"  # failed by the stale-trial sweeper, not by its own training
 
 EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds")  # beside the workload's metrics, in each epoch's record
@@ -43,6 +45,10 @@ class StudyStatus(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (StudyStatus.COMPLETED, StudyStatus.FAILED, StudyStatus.STOPPED)
+
+
+class EndedBy(str, enum.Enum):
+    STUDY_TIME_LIMIT = "study_time_limit_s"
 
 
 def status_of(attrs: Mapping[str, Any]) -> StudyStatus:

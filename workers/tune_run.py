@@ -18,13 +18,16 @@ from ray import tune
 from search_spaces import space
 from workers import optuna_study, probing, study_attrs
 from workers.handle import StudyHandle
+from workers.results import past_time_limit
 from workers.searcher import OptunaStudySearcher
 from workers.spec import Resources
-from workers.study_attrs import StudyStatus
+from workers.study_attrs import EndedBy, StudyStatus
 from workers.trainable import run_trial
 
 logger = logging.getLogger(__name__)
 LOST_TRIAL_RETRIES = 2  # a trial whose process or node died is retried on another node this often
+SLOT_WAIT_S = 600.0  # how long a study waits for a node that can run its trials before it fails
+SLOT_POLL_S = 2.0
 
 
 class _Stopper(tune.Stopper):
@@ -37,7 +40,7 @@ class _Stopper(tune.Stopper):
         self._deadline = deadline  # time.time() at which the study's time is up
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return self._trial_limit_s is not None and result.get("time_total_s", 0.0) >= self._trial_limit_s
+        return past_time_limit(result, self._trial_limit_s)
 
     def stop_all(self) -> bool:
         if self._deadline is not None and time.time() >= self._deadline:
@@ -59,12 +62,15 @@ def trial_slots(resources: Resources, nodes: list[dict[str, Any]] | None = None)
 
 def _concurrency(handle: StudyHandle) -> int:
     """The spec's ``max_concurrent_trials``, capped by the cluster's slots: Tune would otherwise start trials that
-    wait for resources while Optuna shows them RUNNING. Recorded with the study."""
+    wait for resources while Optuna shows them RUNNING. Recorded with the study. With no slot yet (the workers have
+    not joined: a cluster restarting) it waits, up to ``SLOT_WAIT_S``, then fails the study saying why."""
     resources = handle.spec.resources_per_trial
-    slots = trial_slots(resources)
-    if slots == 0:
-        raise RuntimeError(f"no node of the cluster can run a trial needing resources_per_trial = "
-                           f"{{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}}")
+    deadline = time.monotonic() + SLOT_WAIT_S
+    while (slots := trial_slots(resources)) == 0:
+        if time.monotonic() >= deadline or handle.refresh_stop_flag(force=True):
+            raise RuntimeError(f"no node of the cluster can run a trial needing resources_per_trial = "
+                               f"{{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}} (waited {SLOT_WAIT_S:g} s)")
+        time.sleep(SLOT_POLL_S)
     concurrency = min(handle.spec.max_concurrent_trials, slots)
     handle.set_attr(study_attrs.CONCURRENCY, concurrency)
     return concurrency
@@ -72,7 +78,7 @@ def _concurrency(handle: StudyHandle) -> int:
 
 def _deadline(handle: StudyHandle) -> float | None:
     """When the study's time is up: ``study_time_limit_s`` after its first driver began (a restart keeps it)."""
-    started = handle.study.user_attrs.get(study_attrs.STARTED_AT)
+    started = handle.study.user_attrs.get(study_attrs.STARTED_AT)  # (read before probing: probes count too)
     if started is None:
         started = time.time()
         handle.set_attr(study_attrs.STARTED_AT, started)
@@ -93,11 +99,11 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
             handle.set_status(StudyStatus.STOPPED)
             return StudyStatus.STOPPED
         handle.set_status(StudyStatus.RUNNING)
+        stopper = _Stopper(handle, _deadline(handle))
         # Ranges in units of the model's own LRs: probe once, before the first trial.
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
         searcher = OptunaStudySearcher(handle, units=units)
-        stopper = _Stopper(handle, _deadline(handle))
         if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all():
             resources = spec.resources_per_trial
             tuner = tune.Tuner(
@@ -122,7 +128,7 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         optuna_study.sweep_stale_trials(study)  # nothing of this study may stay RUNNING once its driver is done
         status = StudyStatus.STOPPED if handle.stop_requested.is_set() else StudyStatus.COMPLETED
         if handle.time_is_up.is_set() and not handle.stop_requested.is_set():
-            handle.set_attr(study_attrs.ENDED_BY, "study_time_limit_s")
+            handle.set_attr(study_attrs.ENDED_BY, EndedBy.STUDY_TIME_LIMIT.value)
     except Exception:
         _record_failure(handle, traceback.format_exc(limit=20))
         return StudyStatus.FAILED

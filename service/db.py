@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, Engine, Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from workers.storage import engine_kwargs, open_storage
+from workers.storage import engine_kwargs, open_storage, tune_sqlite
 
 ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backend: a larger one names nothing
 
@@ -36,7 +36,7 @@ class ProbeRecord(Base):
 
 
 def make_engine(url: str) -> Engine:
-    return create_engine(url, **engine_kwargs(url))
+    return tune_sqlite(create_engine(url, **engine_kwargs(url)))
 
 
 def migrate(url: str) -> None:

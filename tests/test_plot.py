@@ -52,3 +52,24 @@ def test_a_long_schedules_picture_costs_what_a_short_ones_does() -> None:
     assert MAX_POINTS <= len(data["lr"]) <= MAX_POINTS + 4
     assert data["epoch"][0] == 0 and data["epoch"][-1] == (100_000 * 32 - 1) / 32
     assert 30_000.0 in data["epoch"] and data["lr"][data["epoch"].index(30_000.0)] == 0.01  # phase 2's first step
+
+
+def test_the_trial_picture_draws_lr_and_momentum_where_they_are() -> None:
+    """The per-trial artifact (Pillow): the lr line in the top panel, momentum below only where it is set."""
+    import io
+
+    from PIL import Image
+
+    from search_spaces.plot import schedule_png
+
+    def colours(png: bytes, top: bool) -> set:
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        half = image.crop((0, 0, image.width, image.height // 2) if top else (0, image.height // 2, image.width,
+                                                                                image.height))
+        return {colour for _, colour in half.getcolors(maxcolors=1 << 20)}
+
+    with_momentum = schedule_png(PHASES, 6, 10)
+    assert with_momentum[:4] == b"\x89PNG"
+    assert (31, 119, 180) in colours(with_momentum, top=True) and (255, 127, 14) in colours(with_momentum, top=False)
+    without = schedule_png({"family": "cosine", "lr": 0.1}, 3, 4)
+    assert (255, 127, 14) not in colours(without, top=False)

@@ -25,6 +25,7 @@ from workers.study_attrs import StudyStatus
 PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked otherwise
 MAX_PAGE_SIZE = 1000
 PER_EPOCH_ATTRS = (study_attrs.REALIZED_LR, study_attrs.REALIZED_MOMENTUM)  # user attrs that grow with the epochs
+WITHOUT_HISTORY = (epoch_log.PREFIX, epoch_log.LEGACY_KEY, *PER_EPOCH_ATTRS)  # key prefixes not read without it
 
 
 class StudyExists(Exception):
@@ -109,7 +110,7 @@ def view(*, storage: optuna.storages.RDBStorage, settings: Settings, study_id: i
     one ordered query (optuna #760 is what loading every trial costs)."""
     attrs = _attrs(storage, study_id)
     return _out(storage, settings, study_id, storage.get_study_name_from_id(study_id), attrs,
-                optuna_study.best_trial(storage, study_id))
+                optuna_study.best_trial(storage, study_id, omit=WITHOUT_HISTORY))
 
 
 def list_all(*, storage: optuna.storages.RDBStorage, settings: Settings) -> list[StudyOut]:
@@ -123,7 +124,8 @@ def trials(*, storage: optuna.storages.RDBStorage, study_id: int, offset: int = 
     """One page of the study's trials in number order, and how many trials it has."""
     _attrs(storage, study_id)
     total = sum(optuna_study.count_trials(storage, study_id).values())
-    page = optuna_study.trials_page(storage, study_id, offset, limit) if offset < total else []
+    omit = () if history else WITHOUT_HISTORY
+    page = optuna_study.trials_page(storage, study_id, offset, limit, omit) if offset < total else []
     return [trial_out(t, history) for t in page], total
 
 

@@ -4,7 +4,8 @@ state, the stale-trial sweep, and the only uses of Optuna's private names.
 Private names (each below says why it is needed; ``tests/test_optuna_contract.py`` fails loudly if a release of
 Optuna changes them): ``Study._storage``, ``Trial._trial_id`` / ``FrozenTrial._trial_id``,
 ``FrozenStudy._study_id``, and for reads that must not load every trial of a study (``count_trials``,
-``trials_page``) the RDB storage's ``TrialModel`` and ``_build_frozen_trial_from_trial_model``.
+``trials_page``, ``best_trial``) the RDB storage's models (``TrialModel`` with its ``find_*_value_trial_id``,
+``TrialUserAttributeModel``) and ``RDBStorage._build_frozen_trial_from_trial_model``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.storages._rdb import models as rdb_models  # private: see the module docstring
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, orm
+from sqlalchemy import func, or_, orm
 
 from workers import study_attrs
 from workers.results import LAST_EPOCH, TRIAL_ERROR, past_time_limit
@@ -124,14 +125,6 @@ def sweep_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
-def best_trial(storage: optuna.storages.BaseStorage, study_id: int) -> FrozenTrial | None:
-    """The best COMPLETE trial, or None: one ordered query in an RDB storage (``Study.best_trial`` is the same)."""
-    try:
-        return storage.get_best_trial(study_id)
-    except ValueError:  # no trial is complete yet
-        return None
-
-
 def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, epoch: int, value: float) -> None:
     """The trial's value at ``epoch``, overwriting an earlier one: a trial Tune retried starts its curve again,
     where ``Trial.report`` would keep the stale value (it ignores a second report of a step)."""
@@ -183,17 +176,42 @@ def count_trials_with_attr(storage: optuna.storages.RDBStorage, study_id: int, k
         session.close()
 
 
-def trials_page(storage: optuna.storages.RDBStorage, study_id: int, offset: int, limit: int) -> list[FrozenTrial]:
+def trials_page(storage: optuna.storages.RDBStorage, study_id: int, offset: int, limit: int,
+                omit: tuple[str, ...] = ()) -> list[FrozenTrial]:
     """Trials numbered ``offset`` to ``offset + limit - 1``, in number order: a constant number of queries, however
-    many trials the study has (Optuna's public reads load them all)."""
+    many trials the study has (Optuna's public reads load them all). See ``_load`` for ``omit``."""
+    model = rdb_models.TrialModel
+    return _load(storage, omit, model.study_id == study_id, model.number >= offset, model.number < offset + limit)
+
+
+def best_trial(storage: optuna.storages.RDBStorage, study_id: int, omit: tuple[str, ...] = ()) -> FrozenTrial | None:
+    """The best COMPLETE trial (the one ``Study.best_trial`` gives), or None: one ordered query, then the trial."""
+    (direction,) = storage.get_study_directions(study_id)
+    find = (rdb_models.TrialModel.find_max_value_trial_id if direction == optuna.study.StudyDirection.MAXIMIZE
+            else rdb_models.TrialModel.find_min_value_trial_id)
     session = storage.scoped_session()
     try:
-        rows = (session.query(rdb_models.TrialModel)
-                .options(*(orm.selectinload(getattr(rdb_models.TrialModel, relation)) for relation in
-                           ("params", "values", "user_attributes", "system_attributes", "intermediate_values")))
-                .filter(rdb_models.TrialModel.study_id == study_id,
-                        rdb_models.TrialModel.number >= offset, rdb_models.TrialModel.number < offset + limit)
-                .order_by(rdb_models.TrialModel.number).all())
+        best_id = find(study_id, 0, session)
+    except ValueError:  # no trial is complete yet
+        return None
+    finally:
+        session.close()
+    (trial,) = _load(storage, omit, rdb_models.TrialModel.trial_id == best_id)
+    return trial
+
+
+def _load(storage: optuna.storages.RDBStorage, omit: tuple[str, ...], *where: Any) -> list[FrozenTrial]:
+    """Trials as Optuna builds them, in number order, each relation in one query; without the user attrs whose keys
+    start with one of ``omit`` (what grows with the epochs) and without intermediate values (the API shows none:
+    the dashboard and ``load_study`` read them)."""
+    model, attr = rdb_models.TrialModel, rdb_models.TrialUserAttributeModel
+    attrs = model.user_attributes.and_(~or_(*(attr.key.startswith(p) for p in omit))) if omit else model.user_attributes
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(model)
+                .options(orm.selectinload(model.params), orm.selectinload(model.values), orm.selectinload(attrs),
+                         orm.selectinload(model.system_attributes), orm.noload(model.intermediate_values))
+                .filter(*where).order_by(model.number).all())
         return [storage._build_frozen_trial_from_trial_model(row) for row in rows]
     finally:
         session.close()

@@ -20,4 +20,4 @@ curl -fs "$PHASETUNE_API_URL/health" >/dev/null || { echo "the service did not s
 SPEC=${1:-examples/two_phase_ps10.json}
 NAME="$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" "$SPEC")-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/phasetune submit "$SPEC" --name "$NAME" --watch
-echo "phasetune: the service keeps running; stop it with: kill \$(cat .phasetune/serve.pid) && .venv/bin/ray stop"
+echo "phasetune: the service keeps running; stop it with: kill \$(cat .phasetune/serve.pid) && .venv/bin/phasetune stop-ray"

@@ -75,6 +75,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
             dashboard.wait(timeout=10)
 
 
+def cmd_stop_ray(args: argparse.Namespace) -> None:
+    from service import ray_cluster
+    from service.settings import get_settings
+
+    settings = get_settings()
+    stopped = ray_cluster.stop_local_head(settings)
+    print(f"phasetune: stopped the local Ray head on port {settings.ray_port} ({stopped} processes)"  # noqa: T201
+          if stopped else f"phasetune: no local Ray head of phasetune's on port {settings.ray_port}")
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     from service.db import migrate
     from service.settings import get_settings
@@ -236,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
     commands.add_parser("migrate", help="create the database schema").set_defaults(func=cmd_migrate)
+    commands.add_parser("stop-ray", help="stop the local Ray head `serve` started (only it: not `ray stop`)"
+                        ).set_defaults(func=cmd_stop_ray)
 
     def client_command(name: str, func: Any, help: str, with_id: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)

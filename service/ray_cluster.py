@@ -1,15 +1,22 @@
 """Connecting the service to Ray: a configured cluster, or a local head that outlives the API process.
 
 The head is started with ``ray start`` (a separate process tree), not ``ray.init()`` in-process, so stopping or
-restarting the API never takes running studies down with it.
+restarting the API never takes running studies down with it. It gets a Ray temp dir of its own (``head_dir``):
+``ray start`` records "the machine's current cluster" in its temp dir, and with Ray's default one (``/tmp/ray``) it
+would redirect every other program's ``ray.init()`` to phasetune's head. The same dir names exactly the head's
+processes, so ``stop_local_head`` stops them and nothing else (``ray stop`` kills every Ray on the machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +38,8 @@ def ensure_local_head(settings: Settings) -> str:
     if _port_open("127.0.0.1", settings.ray_port):
         return address
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={settings.ray_port}",
-               "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"]
+               "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+               f"--temp-dir={head_dir(settings)}"]
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -41,6 +49,57 @@ def ensure_local_head(settings: Settings) -> str:
             raise RuntimeError(f"Ray head did not come up on {address}")
         time.sleep(0.5)
     return address
+
+
+def head_dir(settings: Settings) -> Path:
+    """The local head's Ray temp dir: short (Ray's socket paths must fit in 107 bytes) and one per port."""
+    return Path(tempfile.gettempdir()) / f"phasetune-ray-{settings.ray_port}"
+
+
+def stop_local_head(settings: Settings, timeout: float = 10) -> int:
+    """Stop the local head ``serve`` started on ``settings.ray_port``: the processes that name its temp dir and
+    their descendants (Ray renames agents and workers), SIGTERM then SIGKILL after ``timeout``; how many."""
+    marker = str(head_dir(settings))
+    parents = {pid: _parent(pid) for pid in _pids()}
+    pids = {pid for pid in parents if pid != os.getpid() and marker in _cmdline(pid)}
+    while grown := {pid for pid, parent in parents.items() if parent in pids} - pids:  # agents, workers: renamed
+        pids |= grown
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not any(_alive(pid) for pid in pids):
+            break
+    return len(pids)
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def connect(settings: Settings) -> str:

@@ -1,0 +1,48 @@
+"""The local Ray head `serve` starts: it leaves the machine's default Ray address alone, and `phasetune stop-ray`
+stops it and nothing else (`ray stop` would kill every Ray on the machine, the test session's own head included)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from service import ray_cluster
+from service.settings import Settings
+from tests.conftest import BIN, free_port
+
+pytestmark = pytest.mark.slow
+DEFAULT_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # what a bare `ray.init()` on this machine reads
+
+
+def _default_address() -> str:
+    return DEFAULT_ADDRESS_FILE.read_text() if DEFAULT_ADDRESS_FILE.exists() else ""
+
+
+def _up(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_local_head_keeps_to_itself_and_stop_ray_stops_only_it(ray_address):
+    port = free_port()
+    settings = Settings(ray_port=port, start_dashboard=False)
+    try:
+        assert ray_cluster.ensure_local_head(settings) == f"127.0.0.1:{port}"
+        # Other programs' `ray.init()` still finds their own cluster, not this head.
+        assert not _default_address().strip().endswith(f":{port}")
+        assert (ray_cluster.head_dir(settings) / "ray_current_cluster").exists()
+        stopped = subprocess.run([str(BIN / "phasetune"), "stop-ray"], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PHASETUNE_RAY_PORT": str(port)}, timeout=120)
+        assert "stopped the local Ray head" in stopped.stdout and not _up(port)
+        marker = str(ray_cluster.head_dir(settings))
+        assert not any(marker in ray_cluster._cmdline(pid) for pid in ray_cluster._pids() if ray_cluster._alive(pid))
+        assert _up(int(ray_address.rsplit(":", 1)[1]))  # the session's own head is untouched
+        again = subprocess.run([str(BIN / "phasetune"), "stop-ray"], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PHASETUNE_RAY_PORT": str(port)}, timeout=60)
+        assert "no local Ray head" in again.stdout
+    finally:
+        ray_cluster.stop_local_head(settings)

@@ -24,8 +24,8 @@ from workers.study_attrs import StudyStatus
 
 PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked otherwise
 MAX_PAGE_SIZE = 1000
-PER_EPOCH_ATTRS = (study_attrs.REALIZED_LR, study_attrs.REALIZED_MOMENTUM)  # user attrs that grow with the epochs
-WITHOUT_HISTORY = (epoch_log.PREFIX, epoch_log.LEGACY_KEY, *PER_EPOCH_ATTRS)  # key prefixes not read without it
+# What grows with the epochs, left out when trials are read without their history (user attr key prefixes).
+WITHOUT_HISTORY = (epoch_log.PREFIX, epoch_log.LEGACY_KEY, study_attrs.REALIZED_LR, study_attrs.REALIZED_MOMENTUM)
 
 
 class StudyExists(Exception):
@@ -73,10 +73,9 @@ def _finite(value: float | None) -> float | None:
 
 
 def trial_out(trial: FrozenTrial, history: bool = True) -> TrialOut:
-    """The trial as the API shows it; without ``history``, no per-epoch records (nor the realised lr and momentum
-    per epoch): what stays the same size however long the trial trained."""
-    attrs = {key: value for key, value in trial.user_attrs.items() if not epoch_log.is_history_key(key)
-             and (history or key not in PER_EPOCH_ATTRS)}
+    """The trial as the API shows it, its history chunks joined into ``metrics``; without ``history``, ``metrics``
+    is None (the trial was read without what grows with the epochs: ``WITHOUT_HISTORY``)."""
+    attrs = {key: value for key, value in trial.user_attrs.items() if not epoch_log.is_history_key(key)}
     return TrialOut(
         number=trial.number,
         state=trial.state.name,

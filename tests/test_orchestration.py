@@ -18,8 +18,8 @@ from service.db import migrate
 from service.main import create_app
 from service.settings import Settings
 from tests.test_api_fast import small_spec
-from workers import epoch_log, optuna_study, study_attrs
-from workers.handle import StudyHandle
+from tests.test_searcher import SPEC, _handle_for
+from workers import epoch_log, optuna_study
 from workers.searcher import OptunaStudySearcher
 from workers.seeding import SeedPolicy, SeedScope, trial_seeds
 from workers.spec import Resources
@@ -88,18 +88,12 @@ def _statements(storage: optuna.storages.RDBStorage) -> Iterator[list[tuple[str,
         event.remove(storage.engine, "before_cursor_execute", record)
 
 
-SEARCHER_SPEC = {
-    "name": "orchestration", "workload": {"name": "quadratic", "params": {}}, "epochs": 60,
-    "objective": {"metric": "val_loss"}, "schedule": {"family": "constant", "lr": {"low": 0.01, "high": 1.0}},
-    "n_trials": 100, "sampler": {"name": "random", "seed": 0},
-}
+SEARCHER_SPEC = {**SPEC, "name": "orchestration", "epochs": 60, "n_trials": 100}
 
 
 def _searcher(storage_url: str, name: str = "orchestration") -> OptunaStudySearcher:
     migrate(storage_url)
-    study = optuna.create_study(study_name=name, storage=storage_url)
-    study.set_user_attr(study_attrs.SPEC, {**SEARCHER_SPEC, "name": name})
-    return OptunaStudySearcher(StudyHandle(storage_url, name))
+    return OptunaStudySearcher(_handle_for(storage_url, name, epochs=60, n_trials=100))
 
 
 def _epoch(epoch: int, done: bool = False) -> dict:

@@ -5,8 +5,8 @@ sample that breaks a cross-field rule (``eta_min`` above the sampled ``lr``) end
 fields in its ``fail_reason``, and the search goes on. ``on_trial_result`` writes the epoch's objective as an
 intermediate value and its record into the trial's history (``epoch_log``: constant work per epoch);
 ``on_trial_complete`` tells Optuna the outcome (``optuna_study.trial_end``). Each trial's schedule plot is drawn and
-attached on a background thread; a trial whose picture is not ready when it ends is told after it, on that thread,
-so that neither starting nor ending a trial waits for a picture. Nothing is swallowed: a failed ``tell`` raises
+attached on a background thread; a trial whose picture is not ready when it ends is told after it, on a thread of
+its own, so that neither starting nor ending a trial waits for a picture. Nothing is swallowed: a failed ``tell`` raises
 (from ``close`` if it was queued). What remains of the budget is counted, not read from the storage.
 """
 
@@ -177,7 +177,7 @@ class OptunaStudySearcher(Searcher):
 
     def _finish(self, trial_id: str, end: TrialEnd) -> None:
         """Write what is left of the trial and tell Optuna its end; if its picture is still being drawn, the tell
-        follows the picture on the plot thread, so that Tune's loop (which calls this) never waits for it."""
+        follows the picture on the teller thread, so that Tune's loop (which calls this) never waits for it."""
         trial = self._trials.pop(trial_id)
         self._ended += 1
         self._last.pop(trial_id, None)

@@ -46,10 +46,6 @@ class WorkloadCache:
         model, reused = self._get(self._models, key, build, "model")
         return (copy.deepcopy(model) if key in self._models else model), reused  # the kept one stays initial
 
-    def clear(self) -> None:
-        self._data.clear()
-        self._models.clear()
-
     def _get(self, store: OrderedDict[Hashable, T], key: Hashable, build: Callable[[], T], kind: str) -> tuple[T, bool]:
         if key in store:
             store.move_to_end(key)

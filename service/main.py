@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from search_spaces import SpecError
@@ -18,6 +22,17 @@ from service.routes import studies as studies_routes
 from service.routes import workloads as workloads_routes
 from service.settings import Settings, get_settings
 from workers.storage import open_storage
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as its string ("inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def create_app(settings: Settings | None = None, *, run_studies: bool = True) -> FastAPI:
@@ -46,6 +61,13 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True) ->
     app.include_router(studies_routes.router)
     app.include_router(probes_routes.router)
     app.include_router(workloads_routes.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own shape, with what the client sent made JSON-safe: an echoed 1e999 or NaN cannot be encoded,
+        # and the default handler would answer 500 to the client's mistake.
+        content = {"detail": _json_safe(jsonable_encoder(err.errors()))}
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content=content)
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, err: SpecError) -> JSONResponse:

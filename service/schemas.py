@@ -25,28 +25,32 @@ from workers.spec import (
 )
 from workers.study_attrs import StudyStatus
 
+# Every request model: unknown fields are errors, and so are infinite and NaN numbers (JSON allows neither, Python's
+# parser accepts both, and no field of phasetune's means anything by them).
+INPUT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class WorkloadIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class ObjectiveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     metric: str
     direction: Direction | None = Field(None, description="default: the metric's own (accuracy up, losses down)")
 
 
 class SamplerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     name: SamplerName = SamplerSpec.name
     seed: int | None = Field(SamplerSpec.seed, ge=0, le=SEED_MAX, description="default: the study's seed")
     n_startup_trials: int = Field(SamplerSpec.n_startup_trials, ge=0)
 
 
 class ResourcesIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     cpu: float = Field(Resources.cpu, gt=0)
     gpu: float = Field(Resources.gpu, ge=0)
 
@@ -54,7 +58,7 @@ class ResourcesIn(BaseModel):
 class SeedPolicyIn(BaseModel):
     """Which seeds vary per trial. The data always come from the study's seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     init: SeedScope = Field(SeedPolicy.init, description="initial weights: the study's seed, or each trial's own")
     batch_order: SeedScope = Field(SeedPolicy.batch_order, description="batch order: the study's seed, or the trial's")
 
@@ -62,7 +66,7 @@ class SeedPolicyIn(BaseModel):
 class StudyCreate(BaseModel):
     """The public study spec (see README)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     workload: WorkloadIn
     epochs: int = Field(ge=1, le=100_000)
@@ -137,7 +141,7 @@ class WorkloadOut(BaseModel):
 
 
 class CurvatureOptionsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     probe_batch: int = Field(CurvatureOptions.probe_batch, ge=1, description="examples in the fixed probe batch")
     iters: int = Field(CurvatureOptions.iters, ge=1, description="maximum G-vector products (Lanczos steps)")
     tol: float = Field(CurvatureOptions.tol, gt=0, description="stop once |dλ|/λ < tol")
@@ -145,7 +149,7 @@ class CurvatureOptionsIn(BaseModel):
 
 
 class LRRangeOptionsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     lr_low: float = Field(LRRangeOptions.lr_low, gt=0)
     lr_high: float = Field(LRRangeOptions.lr_high, gt=0)
     steps: int = Field(LRRangeOptions.steps, ge=2, le=100_000)
@@ -155,7 +159,7 @@ class LRRangeOptionsIn(BaseModel):
 class ProbeCreate(BaseModel):
     """``POST /probes``: run one probe on a workload built as a study's trials would build it (same seed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     kind: ProbeKind
     workload: WorkloadIn
     seed: int = Field(0, ge=0, le=SEED_MAX)

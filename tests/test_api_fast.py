@@ -8,6 +8,7 @@ slow tests (test_api.py, test_probes_api.py).
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from pathlib import Path
 
@@ -314,3 +315,17 @@ def test_openapi_documents_the_errors(client):
     for path, method in (("/studies/{study_id}", "get"), ("/studies/{study_id}/trials", "get"),
                          ("/studies/{study_id}/stop", "post"), ("/probes/{probe_id}", "get")):
         assert "404" in paths[path][method]["responses"], path
+
+
+@pytest.mark.parametrize("field,raw,loc", [
+    ("study_time_limit_s", "1e999", ["body", "study_time_limit_s"]),
+    ("trial_time_limit_s", "NaN", ["body", "trial_time_limit_s"]),
+    ("resources_per_trial", '{"cpu": 1e999}', ["body", "resources_per_trial", "cpu"]),
+])
+def test_non_finite_numbers_are_422s_not_500s(client, field, raw, loc):
+    """Python's JSON parser takes 1e999 and NaN; echoed back in a 422 they cannot be encoded (a 500 before)."""
+    body = json.dumps(small_spec("not-finite"))[:-1] + f', "{field}": {raw}}}'
+    response = client.post("/studies", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert [d["loc"] for d in response.json()["detail"]] == [loc]
+    assert all(s["name"] != "not-finite" for s in client.get("/studies").json())

@@ -54,6 +54,20 @@ class Plan:
         last_step = min((epoch + 1) * self.steps_per_epoch, self.total_steps) - 1
         return self.phases[self.phase_index(last_step)].schedule.observe(epoch, train_loss)
 
+    def decay_start_step(self) -> int:
+        """Where the first phase boundary with a drop in LR is (0: none): the phases before it are large-step
+        phases, the high-LR regime of the two-regimes paper that a later, smaller-step phase decays from."""
+        for phase in self.phases[1:]:
+            if self(phase.start_step).lr < self(phase.start_step - 1).lr:
+                return phase.start_step
+        return 0
+
+    def in_large_step_phase(self, step: int) -> bool:
+        """Step ``step`` is inside a large-step phase: before the first boundary with an LR drop, or in a
+        loss-driven phase (AutoDecay) that has not yet decayed. Looking worse there than a small-step trial is by
+        design, so early stopping never judges a trial there (``workers.early_stopping``)."""
+        return step < self.decay_start_step() or self.phases[self.phase_index(step)].schedule.awaiting_decay()
+
     def extra_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
         for phase in self.phases:

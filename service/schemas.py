@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
+from workers.early_stopping import EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
 from workers.spec import (
@@ -63,6 +64,28 @@ class SeedPolicyIn(BaseModel):
     batch_order: SeedScope = Field(SeedPolicy.batch_order, description="batch order: the study's seed, or the trial's")
 
 
+class EarlyStoppingIn(BaseModel):
+    """Which trials stop before their last epoch. Each policy takes only its own options (unset: the default):
+    ``median`` grace_period, min_peers; ``asha`` those and reduction_factor; ``schedule_aware`` those and
+    cooldown_fraction, divergence_factor. See README, "Early stopping"."""
+
+    model_config = INPUT
+    policy: Policy = EarlyStopping.policy
+    grace_period: int | None = Field(None, ge=1, le=100_000, description=f"epochs before the first decision "
+                                                                         f"(default {EarlyStopping.grace_period})")
+    min_peers: int | None = Field(None, ge=1, le=100_000, description=f"trials with a value at a point before any "
+                                                                     f"stops there (default {EarlyStopping.min_peers})")
+    reduction_factor: float | None = Field(None, gt=1, le=1000, description=f"rungs at grace_period * rf**k epochs; "
+                                                                           f"the top 1/rf go on (default "
+                                                                           f"{EarlyStopping.reduction_factor:g})")
+    cooldown_fraction: float | None = Field(None, gt=0, le=1, description=f"the cooldown probe's span as a share of "
+                                                                         f"the steps done (default "
+                                                                         f"{EarlyStopping.cooldown_fraction:g})")
+    divergence_factor: float | None = Field(None, gt=1, le=1e12, description=f"a training loss this many times the "
+                                                                            f"first step's stops the trial (default "
+                                                                            f"{EarlyStopping.divergence_factor:g})")
+
+
 class StudyCreate(BaseModel):
     """The public study spec (see README)."""
 
@@ -86,6 +109,7 @@ class StudyCreate(BaseModel):
     study_time_limit_s: float | None = Field(StudySpec.study_time_limit_s, gt=0, le=MAX_TIME_LIMIT_S,
                                              description="the study ends this long after it began running; its "
                                                          "running trials end PRUNED")
+    early_stopping: EarlyStoppingIn = Field(default_factory=EarlyStoppingIn)
 
 
 class TrialOut(BaseModel):

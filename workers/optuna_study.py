@@ -11,6 +11,7 @@ Optuna changes them): ``Study._storage``, ``Trial._trial_id`` / ``FrozenTrial._t
 from __future__ import annotations
 
 import enum
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -215,3 +216,19 @@ def _load(storage: optuna.storages.RDBStorage, omit: tuple[str, ...], *where: An
         return [storage._build_frozen_trial_from_trial_model(row) for row in rows]
     finally:
         session.close()
+
+
+def user_attrs_with_prefix(storage: optuna.storages.RDBStorage, study_id: int,
+                           prefix: str) -> list[tuple[int, TrialState, str, Any]]:
+    """``(trial number, state, key, value)`` of every user attr of the study's trials whose key starts with
+    ``prefix``: one query, no trial loaded (what a restarted driver rebuilds its early-stopping rungs from)."""
+    model, attr = rdb_models.TrialModel, rdb_models.TrialUserAttributeModel
+    session = storage.scoped_session()
+    try:
+        rows = (session.query(model.number, model.state, attr.key, attr.value_json)
+                .join(attr, attr.trial_id == model.trial_id)
+                .filter(model.study_id == study_id, attr.key.startswith(prefix)).all())
+    finally:
+        session.close()
+    return [(number, state if isinstance(state, TrialState) else TrialState(state), key, json.loads(value))
+            for number, state, key, value in rows]

@@ -24,7 +24,8 @@ from ray.tune.search import Searcher
 
 from search_spaces import SpecError, build_plan, sample_schedule
 from search_spaces.plot import upload_schedule_png
-from workers import optuna_study, results, study_attrs
+from workers import early_stopping, optuna_study, results, study_attrs
+from workers.early_stopping import Decision, EarlyStopper, TrialRecords
 from workers.epoch_log import EpochLog
 from workers.handle import StudyHandle
 from workers.optuna_study import TrialEnd, TrialOutcome
@@ -48,6 +49,8 @@ class OptunaStudySearcher(Searcher):
         self._plots: dict[str, Future[Any]] = {}
         self._pending: list[Future[None]] = []  # tells queued behind their trial's picture
         self._last: dict[str, dict[str, Any]] = {}  # each running trial's last epoch result
+        self._stops: dict[str, Decision] = {}  # trials early stopping has stopped, until they end
+        self._cooldown: dict[str, dict[str, float]] = {}  # each running trial's cooldown-probe cost so far
 
     @property
     def _study(self) -> optuna.Study:
@@ -74,6 +77,27 @@ class OptunaStudySearcher(Searcher):
     @cached_property
     def _teller(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="tell-after-plot")
+
+    @cached_property
+    def _early(self) -> EarlyStopper:
+        """The study's early stopping, its rungs rebuilt from the scores earlier drivers recorded."""
+        spec = self._spec
+        stopper = EarlyStopper(spec.early_stopping, spec.epochs, spec.objective.metric,
+                               maximize=spec.objective.direction is Direction.MAXIMIZE)
+        if stopper.active:
+            stopper.load(self._recorded_scores())
+        return stopper
+
+    def _recorded_scores(self) -> list[TrialRecords]:
+        scores: dict[int, dict[str, Any]] = {}
+        states: dict[int, TrialState] = {}
+        for number, state, key, value in optuna_study.user_attrs_with_prefix(
+                self._handle.storage, self._handle.study_id, early_stopping.RUNG_ATTR):
+            if state.is_finished():  # a running trial's are the sweeper's: it is failed and rerun
+                scores.setdefault(number, {})[key] = value
+                states[number] = state
+        return [TrialRecords(number, states[number] is TrialState.COMPLETE, early_stopping.scores_in(attrs))
+                for number, attrs in scores.items()]
 
     @cached_property
     def _finished_at_start(self) -> int:
@@ -124,7 +148,29 @@ class OptunaStudySearcher(Searcher):
             "metric": self._spec.objective.metric,  # an error result must carry it too (Tune's strict check)
             "data_root": self._spec.data_root,
             "cpus": self._spec.resources_per_trial.cpu,
+            "early_stopping": self._spec.early_stopping.to_dict(),  # which epochs the trial probes
         }
+
+    def should_stop(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Early stopping's decision on the trial's epoch ``result`` (Tune's stopper asks, before
+        ``on_trial_result``); the score it read is recorded in the trial's attrs first, and so is what the trial's
+        cooldown probes have cost so far."""
+        trial = self._trials.get(trial_id)
+        if trial is None or not self._early.active or results.TRIAL_ERROR in result:
+            return False
+        decision, attrs = self._early.decide(trial.number, result)
+        if f"{early_stopping.COOLDOWN_PREFIX}steps" in result:
+            cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
+            cost["probes"] += 1
+            cost["steps"] += int(result[f"{early_stopping.COOLDOWN_PREFIX}steps"])
+            cost["seconds"] += float(result.get(f"{early_stopping.COOLDOWN_PREFIX}seconds", 0.0))
+            attrs[early_stopping.COOLDOWN_ATTR] = dict(cost)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if decision is None or not decision.stop:
+            return False
+        self._stops[trial_id] = decision
+        return True
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Constant work per epoch: the objective as the epoch's intermediate value, the epoch's record into its
@@ -134,7 +180,8 @@ class OptunaStudySearcher(Searcher):
             return  # not an epoch: the trial's error, which on_trial_complete records
         epoch, done = int(result["epoch"]), bool(result.get(results.LAST_EPOCH))
         log = self._logs[trial_id]
-        log.add({k: result.get(k) for k in self._epoch_keys if k in result})
+        log.add({k: v for k, v in result.items()
+                 if k in self._epoch_keys or k.startswith(early_stopping.COOLDOWN_PREFIX)})
         self._last[trial_id] = result
         value = result.get(self._spec.objective.metric)
         if value is not None and math.isfinite(value):
@@ -159,6 +206,11 @@ class OptunaStudySearcher(Searcher):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.ending,
                                      metric=self._spec.objective.metric, time_limit_s=self._spec.trial_time_limit_s)
+        decision = self._stops.get(trial_id)
+        if decision is not None and not error and not (result or {}).get(results.TRIAL_ERROR):
+            for key, value in decision.attrs(self._spec.early_stopping.policy).items():
+                self._trials[trial_id].set_user_attr(key, value)
+            end = TrialEnd(TrialOutcome.PRUNED, reason=decision.reason)
         self._finish(trial_id, end)
 
     def close_open_trials(self) -> None:
@@ -181,6 +233,10 @@ class OptunaStudySearcher(Searcher):
         trial = self._trials.pop(trial_id)
         self._ended += 1
         self._last.pop(trial_id, None)
+        self._stops.pop(trial_id, None)
+        self._cooldown.pop(trial_id, None)
+        if self._early.active:
+            self._early.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
         log = self._logs.pop(trial_id, None)
         if log is not None:  # what the throttle held back, and (for a trial cut short) its realised lr and momentum
             attrs = {**log.due(final=True), **({} if log.realised_written else log.realised())}

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from search_spaces import SpecError, presets, validate_schedule
+from workers.early_stopping import EarlyStopping, Policy
 from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
 from workers.workloads import resolve_runtime, workload_steps
 
@@ -78,6 +79,7 @@ class StudySpec:
     data_root: str | None = None  # where the workload's ``path`` params are: the service's, recorded at submission
     trial_time_limit_s: float | None = None  # a trial still training after this long ends PRUNED (checked per epoch)
     study_time_limit_s: float | None = None  # the study ends (completed) this long after it began running
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # none: every trial to its last epoch
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> StudySpec:
@@ -98,6 +100,10 @@ class StudySpec:
         if "lr_crit" in presets.required_units(raw["schedule"]) and workload.loss_kind is None:
             raise SpecError(("schedule",), f"ranges in units of lr_crit need the curvature probe, which does not "
                                            f"know workload {workload.name!r}'s loss (it declares no loss_kind)")
+        early_stopping = EarlyStopping.parse(raw.get("early_stopping"))
+        if early_stopping.policy is not Policy.NONE and not early_stopping.rungs(epochs):
+            raise SpecError(("early_stopping", "grace_period"),
+                            f"must be below epochs ({epochs}): at {early_stopping.grace_period} no trial is judged")
         sampler = raw.get("sampler") or {}
         policy = raw.get("seed_policy") or {}
         return cls(
@@ -116,6 +122,7 @@ class StudySpec:
             data_root=data_root,
             trial_time_limit_s=_optional_float(raw.get("trial_time_limit_s")),
             study_time_limit_s=_optional_float(raw.get("study_time_limit_s")),
+            early_stopping=early_stopping,
         )
 
     def check_limits(self) -> None:
@@ -129,6 +136,7 @@ class StudySpec:
         """The JSON the storage keeps (enums as their values); ``steps_per_epoch`` is derived, not kept."""
         out = _jsonable(asdict(self))
         out.pop("steps_per_epoch")
+        out["early_stopping"] = self.early_stopping.to_dict()  # the policy's own options only
         return out
 
     @property

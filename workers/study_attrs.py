@@ -11,6 +11,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from workers.early_stopping import LARGE_STEP
+
 # Study user attrs.
 SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phasetune's
 STATUS = "phasetune:status"  # a StudyStatus value
@@ -32,7 +34,8 @@ REALIZED_LR = "realized_lr"  # per epoch: the lr the optimizer used at the epoch
 REALIZED_MOMENTUM = "realized_momentum"  # the same for momentum (Adam's beta1)
 SWEPT = "phasetune_swept"  # failed by the stale-trial sweeper, not by its own training
 
-EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds")  # beside the workload's metrics, in each epoch's record
+# Beside the workload's metrics, in each epoch's record.
+EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds", LARGE_STEP)
 
 
 class StudyStatus(str, enum.Enum):

@@ -16,21 +16,25 @@ import torch
 
 from search_spaces.phased import PhasedOptimizer, realised_momentum
 from search_spaces.plan import Plan
+from workers.cooldown import cooldown_probe
+from workers.early_stopping import INITIAL_LOSS, LARGE_STEP, ProbeSchedule
 from workers.results import LAST_EPOCH
 from workers.seeding import batch_order, stream_seed
 from workers.workloads import Workload
 
-EpochCallback = Callable[[dict[str, Any]], None]
+EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training here (an early stop)
 
 
 def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
-          on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
+          on_epoch: EpochCallback | None = None, probes: ProbeSchedule | None = None) -> list[dict[str, Any]]:
     """Train ``workload`` for up to ``epochs`` epochs under ``plan``; return (and stream) per-epoch metrics.
 
     Each epoch reports ``train_loss`` (the mean over its steps), ``val_loss`` and ``val_<metric>`` for the
     workload's metrics, the lr and momentum its first step used, its phase and seconds; the last epoch also
     ``test_loss`` and ``test_<metric>`` where the workload has a test split. Training ends early when the loss
-    diverges (non-finite) or a loss-driven schedule (AutoDecay) says so.
+    diverges (non-finite) or a loss-driven schedule (AutoDecay) says so, or ``on_epoch`` returns True. Epoch 0 also
+    reports ``initial_loss`` (its first batch's, before any step); every epoch ``large_step_phase``; an epoch that
+    ``probes`` marks, the cooldown probe's ``cooldown_*`` metrics (``workers.cooldown``).
     """
     model, train_split = workload.model, workload.data.train
     # What draws from torch's global RNG while training (dropout, augmentation) draws the same in every process,
@@ -42,7 +46,7 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=workload.device)  # summed on device: no sync per step
-        first_lr = first_momentum = None
+        first_lr = first_momentum = initial_loss = None
         for batch, (x, y) in enumerate(workload.batches(train_split, batch_order(len(train_split), order_seed, epoch))):
             values = driver.prepare()
             if batch == 0:  # what the optimizer really uses (group 0's lr, less its group scale)
@@ -50,6 +54,8 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
                 first_lr = group["lr"] / scale if scale else values.lr
                 first_momentum = realised_momentum(driver.optimizer)
             loss = workload.loss(workload.forward(x), y)
+            if epoch == 0 and batch == 0:
+                initial_loss = loss.item()
             driver.zero_grad()
             loss.backward()
             driver.step()
@@ -64,14 +70,18 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
             "phase": driver.phase,
             "seconds": time.perf_counter() - started,
         }
+        if initial_loss is not None:
+            metrics[INITIAL_LOSS] = initial_loss
         history.append(metrics)
         diverged = not math.isfinite(train_loss)
         keep_going = driver.observe(epoch, train_loss) if not diverged else False
+        metrics[LARGE_STEP] = plan.in_large_step_phase(driver.steps_done - 1)  # as the observed schedule now says
         metrics[LAST_EPOCH] = diverged or not keep_going or epoch == epochs - 1
         if metrics[LAST_EPOCH] and workload.data.test is not None:
             metrics.update(workload.evaluate(workload.data.test, "test"))
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if metrics[LAST_EPOCH]:
+        if not metrics[LAST_EPOCH] and probes is not None and probes.due(epoch + 1, metrics[LARGE_STEP]):
+            metrics.update(cooldown_probe(workload, driver, probes.fraction, order_seed, epoch))
+        stop = on_epoch(metrics) if on_epoch is not None else None
+        if metrics[LAST_EPOCH] or stop:
             break
     return history

@@ -19,6 +19,7 @@ import torch
 from ray import tune
 
 from search_spaces.plan import build_plan
+from workers.early_stopping import EarlyStopping, ProbeSchedule
 from workers.results import LAST_EPOCH, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
 from workers.seeding import Seeds
 from workers.train import train
@@ -53,6 +54,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 metrics = {**metrics, SCHEDULE_ATTRS: json.dumps(plan.extra_attrs())}
             tune.report({**metrics, **where})
 
-        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report)
+        probes = ProbeSchedule(EarlyStopping.parse(config.get("early_stopping")), config["epochs"])
+        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report, probes=probes)
     except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
         tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", config["metric"]: math.nan, "done": True, **where})

@@ -31,15 +31,19 @@ SLOT_POLL_S = 2.0
 
 
 class _Stopper(tune.Stopper):
-    """Ends a trial past the spec's ``trial_time_limit_s``, and the whole run once a stop is requested (in the
-    storage, by any process) or the study's ``study_time_limit_s`` has passed since it first ran."""
+    """Ends a trial that early stopping stops (the searcher decides) or that is past the spec's
+    ``trial_time_limit_s``, and the whole run once a stop is requested (in the storage, by any process) or the
+    study's ``study_time_limit_s`` has passed since it first ran."""
 
     def __init__(self, handle: StudyHandle, deadline: float | None) -> None:
         self._handle = handle
         self._trial_limit_s = handle.spec.trial_time_limit_s
         self._deadline = deadline  # time.time() at which the study's time is up
+        self.searcher: OptunaStudySearcher | None = None
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.searcher is not None and self.searcher.should_stop(trial_id, result):
+            return True
         return past_time_limit(result, self._trial_limit_s)
 
     def stop_all(self) -> bool:
@@ -104,6 +108,7 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
         searcher = OptunaStudySearcher(handle, units=units)
+        stopper.searcher = searcher
         if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all():
             resources = spec.resources_per_trial
             tuner = tune.Tuner(

@@ -104,6 +104,9 @@ class AutoDecay(LRSchedule):
         self.stopped_epoch = epoch
         return False
 
+    def awaiting_decay(self) -> bool:
+        return self.decays == 0 and self.stopped_epoch is None
+
     def extra_attrs(self) -> dict[str, Any]:
         saved = max(0, round(self.span_epochs) - self.observed) if self.stopped_epoch is not None else 0
         return {

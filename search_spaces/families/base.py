@@ -110,6 +110,11 @@ class LRSchedule(ABC):
         """Feed the epoch's mean training loss; return False to end training. Only loss-driven families care."""
         return True
 
+    def awaiting_decay(self) -> bool:
+        """Still at its initial LR until a loss-driven decay comes (AutoDecay before its first): a large-step
+        phase whose end is not known in advance, which early stopping must not judge."""
+        return False
+
     def extra_attrs(self) -> dict[str, Any]:
         """Anything the family learned while running that a trial should record (e.g. AutoDecay's saved epochs)."""
         return {}

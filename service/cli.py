@@ -127,7 +127,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
             counts = study["trial_counts"]
             finished = sum(counts.get(s, 0) for s in ENDED_TRIALS)
             bar.update(min(finished, total) - bar.n)
-            bar.set_postfix(status=study["status"], running=counts.get("RUNNING", 0))
+            bar.set_postfix(status=study["status"], running=counts.get("RUNNING", 0), pruned=counts.get("PRUNED", 0))
             if study["status"] in FINISHED:
                 break
             time.sleep(args.interval)

@@ -245,3 +245,61 @@ def test_an_error_inside_a_trial_fails_that_trial_only(module_server):
     for trial in trials:
         assert "RuntimeError" in trial["user_attrs"]["fail_reason"] and "allocate" in trial["user_attrs"]["fail_reason"]
         assert "phasetune_swept" not in trial["user_attrs"]
+
+
+def test_schedule_aware_stopping_prunes_after_large_step_phases_and_survives_a_driver_restart(
+        storage_url, server_factory, ray_client):
+    """Over REST: trials end PRUNED with their reasons, none inside its large-step phase unless diverged; the
+    driver killed mid-study is restarted by Ray, and its successor ranks new trials among the scores its
+    predecessor recorded (the rungs live in the storage)."""
+    import ray
+
+    from workers.driver import find_driver
+
+    name = "schedule-aware"
+    spec = small_spec(name, epochs=10, n_trials=16, early_stopping={"policy": "schedule_aware", "min_peers": 3})
+    spec["schedule"]["transition_epochs"] = [{"low": 1, "high": 8}]
+    server = server_factory(storage_url)
+    with server.client() as client:
+        created = client.post("/studies", json=spec)
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+        assert created.json()["spec"]["early_stopping"] == {"policy": "schedule_aware", "grace_period": 1,
+                                                            "min_peers": 3, "reduction_factor": 3.0,
+                                                            "cooldown_fraction": 0.15, "divergence_factor": 10.0}
+        wait_for(lambda: client.get(f"/studies/{study_id}").json()["trial_counts"].get("PRUNED", 0) > 0, 240,
+                 "a pruned trial")
+        ray.kill(find_driver(storage_url, name), no_restart=False)  # Ray restarts it (max_restarts)
+        study = wait_for_status(client, study_id, ("completed", "failed", "stopped"))
+        trials = client.get(f"/studies/{study_id}/trials").json()
+    assert study["status"] == "completed", study.get("error")
+    counts = study["trial_counts"]
+    watched = subprocess.run([str(BIN / "phasetune"), "watch", str(study_id), "--api", server.url],
+                             capture_output=True, text=True, timeout=60)
+    assert f"pruned={counts['PRUNED']}" in watched.stderr, watched.stderr  # tqdm's progress line
+    assert counts.get("PRUNED", 0) >= 2 and counts.get("COMPLETE", 0) >= 1, counts
+    swept = [t for t in trials if t["user_attrs"].get("phasetune_swept")]
+    assert swept, "the kill came after the study's end: nothing was running"
+    assert counts["PRUNED"] + counts["COMPLETE"] + counts.get("FAIL", 0) - len(swept) == 16  # the budget, kept
+
+    loaded = {t.number: t for t in optuna.load_study(study_name=name, storage=storage_url).trials}
+    for trial in (t for t in trials if t["state"] == "PRUNED"):
+        decision = trial["user_attrs"]["early_stopping"]
+        epoch = trial["user_attrs"]["pruned_at_epoch"]
+        assert decision["policy"] == "schedule_aware" and decision["reason"] and epoch == decision["pruned_at_epoch"]
+        assert len(trial["metrics"]) == epoch + 1
+        inside = trial["metrics"][epoch]["large_step_phase"]
+        assert not inside or "diverged" in decision["reason"], (epoch, decision)
+        assert "cooldown" in trial["user_attrs"] and trial["user_attrs"]["cooldown"]["steps"] > 0
+        assert loaded[trial["number"]].user_attrs["early_stopping"] == decision  # what the dashboard shows
+    # The successor's decisions count the predecessor's scores among a rung's peers: more peers than the
+    # successor's own trials up to the one running beside it could have recorded.
+    restart = max(s["number"] for s in swept)
+    after = [t for t in trials if t["number"] > restart and t["state"] == "PRUNED"
+             and t["user_attrs"]["early_stopping"]["rung"] is not None]
+    assert after, "no trial was pruned after the restart"
+    for trial in after:
+        decision = trial["user_attrs"]["early_stopping"]
+        successors = [t for t in trials if restart < t["number"] <= trial["number"] + 1
+                      and f"early_stopping:{decision['rung']}" in t["user_attrs"]]
+        assert decision["peers"] > len(successors), (decision, len(successors))

@@ -119,6 +119,17 @@ BAD_INPUTS = [
     (("trial_time_limit_s",), 0, ["body", "trial_time_limit_s"]),
     (("study_time_limit_s",), -5, ["body", "study_time_limit_s"]),
     (("study_time_limit_s",), 1e9, ["body", "study_time_limit_s"]),
+    # Early stopping: each policy takes its own options only; small epochs leave no decision point.
+    (("early_stopping",), {"policy": "hyperband"}, ["body", "early_stopping", "policy"]),
+    (("early_stopping",), {"policy": "median", "reduction_factor": 3}, ["body", "early_stopping", "reduction_factor"]),
+    (("early_stopping",), {"policy": "none", "grace_period": 2}, ["body", "early_stopping", "grace_period"]),
+    (("early_stopping",), {"policy": "asha", "cooldown_fraction": 0.1},
+     ["body", "early_stopping", "cooldown_fraction"]),
+    (("early_stopping",), {"policy": "asha", "patience": 3}, ["body", "early_stopping", "patience"]),
+    (("early_stopping",), {"policy": "asha", "reduction_factor": 1}, ["body", "early_stopping", "reduction_factor"]),
+    (("early_stopping",), {"policy": "schedule_aware", "cooldown_fraction": 0}, ["body", "early_stopping",
+                                                                              "cooldown_fraction"]),
+    (("early_stopping",), {"policy": "schedule_aware", "grace_period": 4}, ["body", "early_stopping", "grace_period"]),
 ]
 
 

@@ -157,11 +157,12 @@ class Decision:
     score: float | None  # the value it ranked the trial by
     reason: str
     rung: int | None = None  # the epochs-completed point whose peers it was compared with
+    peers: int = 0  # how many scores it was ranked among (itself included)
 
     def attrs(self, policy: Policy) -> dict[str, Any]:
         """A stopped trial's user attrs: why it stopped (the dashboard shows them)."""
         record = {"policy": policy.value, PRUNED_AT_EPOCH: self.epoch, "score": self.score, "rung": self.rung,
-                  "reason": self.reason}
+                  "peers": self.peers, "reason": self.reason}
         return {PRUNED_AT_EPOCH: self.epoch, DECISION_ATTR: record}
 
 
@@ -244,13 +245,14 @@ class EarlyStopper:
         best = self._best[number]
         if len(peers) < self.config.min_peers:
             return Decision(False, epoch, self._sign * best, f"median: {len(peers)} completed trials at epoch {epoch}, "
-                                                f"fewer than min_peers", completed)
+                                                f"fewer than min_peers", completed, len(peers))
         median = float(np.median(peers))
         if best < median:
             return Decision(True, epoch, self._sign * best,
                             f"median: best {self.metric} so far {self._sign * best:.6g} worse than the median "
-                            f"{self._sign * median:.6g} of {len(peers)} completed trials at epoch {epoch}", completed)
-        return Decision(False, epoch, self._sign * best, "median: at or above the median", completed)
+                            f"{self._sign * median:.6g} of {len(peers)} completed trials at epoch {epoch}", completed,
+                            len(peers))
+        return Decision(False, epoch, self._sign * best, "median: at or above the median", completed, len(peers))
 
     def _asha(self, number: int, epoch: int, completed: int, signal: float, rung: int, what: str = "") -> Decision:
         """Ray Tune's asynchronous rule: stop below the (1 - 1/rf) quantile of every score at the rung."""
@@ -259,13 +261,13 @@ class EarlyStopper:
         name = f"{self.config.policy.value}: {what or self.metric}"
         if len(scores) < self.config.min_peers:
             return Decision(False, epoch, self._sign * signal, f"{name}: {len(scores)} trials at rung {rung}, fewer "
-                                                               f"than min_peers", rung)
+                                                               f"than min_peers", rung, len(scores))
         cutoff = float(np.percentile(scores, (1 - 1 / self.config.reduction_factor) * 100))
         if signal < cutoff:
             return Decision(True, epoch, self._sign * signal,
                             f"{name} {self._sign * signal:.6g} after {completed} epochs below the cutoff "
-                            f"{self._sign * cutoff:.6g} of {len(scores)} trials at rung {rung}", rung)
-        return Decision(False, epoch, self._sign * signal, f"{name}: at or above the rung's cutoff", rung)
+                            f"{self._sign * cutoff:.6g} of {len(scores)} trials at rung {rung}", rung, len(scores))
+        return Decision(False, epoch, self._sign * signal, f"{name}: at or above the rung's cutoff", rung, len(scores))
 
     def _schedule_aware(self, number: int, epoch: int, completed: int, result: Mapping[str, Any],
                         diverged: str | None) -> tuple[Decision | None, dict[str, Any]]:

@@ -130,10 +130,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from search_spaces import SpecError, build_plan, sample_schedule, validate_schedule  # noqa: E402
 from search_spaces.space import check_expandable  # noqa: E402
-from workers.early_stopping import EarlyStopper, EarlyStopping, ProbeSchedule  # noqa: E402
-from workers.optuna_study import TrialOutcome, trial_end  # noqa: E402
+from workers.early_stopping import COOLDOWN_STEPS, EarlyStopper, EarlyStopping, ProbeSchedule  # noqa: E402
+from workers.optuna_study import TrialOutcome, sampler_for, trial_end  # noqa: E402
 from workers.results import LAST_EPOCH  # noqa: E402
 from workers.seeding import SeedPolicy, batch_order, stream_seed, trial_seeds  # noqa: E402
+from workers.spec import SamplerSpec  # noqa: E402
 from workers.train import train  # noqa: E402
 from workers.workloads import build_workload, steps_per_epoch, workloads  # noqa: E402
 from workers.workloads.cache import WorkloadCache  # noqa: E402
@@ -211,7 +212,7 @@ class Ledger:
     def charge(self, result: Mapping[str, Any]) -> None:
         """One epoch, and its cooldown probe's steps if it ran one."""
         self.spent += 1.0
-        steps = result.get("cooldown_steps")
+        steps = result.get(COOLDOWN_STEPS)
         if steps:
             self.cooldown += steps / self.setup.steps_per_epoch
             self.spent += steps / self.setup.steps_per_epoch
@@ -249,10 +250,9 @@ class Ledger:
 
 
 def make_study(setup: Setup, seed: int) -> optuna.Study:
-    """The service's TPE (``workers.optuna_study.make_sampler``), in memory."""
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                         n_startup_trials=5)
-    return optuna.create_study(direction="maximize" if setup.maximize else "minimize", sampler=sampler)
+    """The service's default sampler (TPE, ``workers.optuna_study.sampler_for``), in memory."""
+    return optuna.create_study(direction="maximize" if setup.maximize else "minimize",
+                               sampler=sampler_for(SamplerSpec(), seed))
 
 
 def warm_cache(setup: Setup, seed: int) -> WorkloadCache:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from search_spaces.phased import PhasedOptimizer, apply_to_optimizer
-from workers.early_stopping import COOLDOWN_PREFIX
+from workers.early_stopping import COOLDOWN_PREFIX, COOLDOWN_SECONDS, COOLDOWN_STEPS
 from workers.seeding import batch_order, stream_seed
 from workers.workloads import Workload
 
@@ -58,4 +58,4 @@ def cooldown_probe(workload: Workload, driver: PhasedOptimizer, fraction: float,
             torch.cuda.set_rng_state_all(saved_cuda_rng)
         model.train()
     return {**{COOLDOWN_PREFIX + key: value for key, value in metrics.items()},
-            f"{COOLDOWN_PREFIX}steps": steps, f"{COOLDOWN_PREFIX}seconds": time.perf_counter() - started}
+            COOLDOWN_STEPS: steps, COOLDOWN_SECONDS: time.perf_counter() - started}

@@ -40,6 +40,8 @@ DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoc
 PRUNED_AT_EPOCH = "pruned_at_epoch"  # the 0-based index of a stopped trial's last trained epoch
 COOLDOWN_ATTR = "cooldown"  # what a trial's cooldown probes cost: {probes, steps, seconds}
 COOLDOWN_PREFIX = "cooldown_"  # the probe's metrics in an epoch's result: cooldown_val_loss, cooldown_steps, ...
+COOLDOWN_STEPS = COOLDOWN_PREFIX + "steps"  # an epoch's result: the optimizer steps its probe took
+COOLDOWN_SECONDS = COOLDOWN_PREFIX + "seconds"
 LARGE_STEP = "large_step_phase"  # an epoch's result: its last step was inside a large-step phase
 INITIAL_LOSS = "initial_loss"  # epoch 0's result: the loss of the first batch before any step
 

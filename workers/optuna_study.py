@@ -24,16 +24,21 @@ from sqlalchemy import func, or_, orm
 
 from workers import study_attrs
 from workers.results import LAST_EPOCH, TRIAL_ERROR, past_time_limit
-from workers.spec import SamplerName, StudySpec
+from workers.spec import SamplerName, SamplerSpec, StudySpec
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler. TPE models the conditional (per-family) space jointly and lies about running trials
-    so that concurrent trials spread out."""
-    if spec.sampler.name is SamplerName.RANDOM:
-        return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
-    return optuna.samplers.TPESampler(seed=spec.sampler_seed, multivariate=True, group=True, constant_liar=True,
-                                      n_startup_trials=spec.sampler.n_startup_trials)
+    """The spec's sampler, at the spec's sampler seed."""
+    return sampler_for(spec.sampler, spec.sampler_seed)
+
+
+def sampler_for(sampler: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE models the conditional (per-family) space jointly and lies about running trials so that concurrent
+    trials spread out."""
+    if sampler.name is SamplerName.RANDOM:
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=sampler.n_startup_trials)
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
@@ -80,7 +85,7 @@ class TrialEnd:
 
 
 def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: bool, metric: str,
-              time_limit_s: float | None = None) -> TrialEnd:
+              time_limit_s: float | None = None, stopped_by: str | None = None) -> TrialEnd:
     """How a trial ended, from its last result: the one mapping from Tune's view of a trial to Optuna's.
 
     Args:
@@ -90,12 +95,15 @@ def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: b
         stop_requested: the study is being stopped (or its time is up).
         metric: the objective metric.
         time_limit_s: the spec's ``trial_time_limit_s``: a trial stopped for it before its last epoch is PRUNED.
+        stopped_by: why early stopping stopped the trial (None: it did not): PRUNED with that reason.
     """
     result = result or {}
     if lost:
         return TrialEnd(TrialOutcome.FAIL, reason="its process or node was lost and Ray Tune's retries ran out")
     if result.get(TRIAL_ERROR):
         return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
+    if stopped_by is not None:
+        return TrialEnd(TrialOutcome.PRUNED, reason=stopped_by)
     if not result.get(LAST_EPOCH) and stop_requested:
         return TrialEnd(TrialOutcome.PRUNED)
     if not result.get(LAST_EPOCH) and past_time_limit(result, time_limit_s):

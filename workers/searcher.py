@@ -159,11 +159,11 @@ class OptunaStudySearcher(Searcher):
         if trial is None or not self._early.active or results.TRIAL_ERROR in result:
             return False
         decision, attrs = self._early.decide(trial.number, result)
-        if f"{early_stopping.COOLDOWN_PREFIX}steps" in result:
+        if early_stopping.COOLDOWN_STEPS in result:
             cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
             cost["probes"] += 1
-            cost["steps"] += int(result[f"{early_stopping.COOLDOWN_PREFIX}steps"])
-            cost["seconds"] += float(result.get(f"{early_stopping.COOLDOWN_PREFIX}seconds", 0.0))
+            cost["steps"] += int(result[early_stopping.COOLDOWN_STEPS])
+            cost["seconds"] += float(result.get(early_stopping.COOLDOWN_SECONDS, 0.0))
             attrs[early_stopping.COOLDOWN_ATTR] = dict(cost)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -204,13 +204,13 @@ class OptunaStudySearcher(Searcher):
             return
         if result and "epoch" in result and self._logs[trial_id].epochs <= int(result["epoch"]):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
-        end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.ending,
-                                     metric=self._spec.objective.metric, time_limit_s=self._spec.trial_time_limit_s)
         decision = self._stops.get(trial_id)
-        if decision is not None and not error and not (result or {}).get(results.TRIAL_ERROR):
+        end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.ending,
+                                     metric=self._spec.objective.metric, time_limit_s=self._spec.trial_time_limit_s,
+                                     stopped_by=None if decision is None else decision.reason)
+        if decision is not None and end.outcome is TrialOutcome.PRUNED:
             for key, value in decision.attrs(self._spec.early_stopping.policy).items():
                 self._trials[trial_id].set_user_attr(key, value)
-            end = TrialEnd(TrialOutcome.PRUNED, reason=decision.reason)
         self._finish(trial_id, end)
 
     def close_open_trials(self) -> None:

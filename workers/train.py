@@ -42,11 +42,12 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
     torch.manual_seed(stream_seed(order_seed, "train"))
     driver = PhasedOptimizer(plan, workload.optimizer_params())
     history: list[dict[str, Any]] = []
+    initial_loss: float | None = None
     for epoch in range(epochs):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=workload.device)  # summed on device: no sync per step
-        first_lr = first_momentum = initial_loss = None
+        first_lr = first_momentum = None
         for batch, (x, y) in enumerate(workload.batches(train_split, batch_order(len(train_split), order_seed, epoch))):
             values = driver.prepare()
             if batch == 0:  # what the optimizer really uses (group 0's lr, less its group scale)
@@ -55,7 +56,7 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
                 first_momentum = realised_momentum(driver.optimizer)
             loss = workload.loss(workload.forward(x), y)
             if epoch == 0 and batch == 0:
-                initial_loss = loss.item()
+                initial_loss = loss.item()  # the one sync it costs
             driver.zero_grad()
             loss.backward()
             driver.step()
@@ -70,7 +71,7 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
             "phase": driver.phase,
             "seconds": time.perf_counter() - started,
         }
-        if initial_loss is not None:
+        if epoch == 0:
             metrics[INITIAL_LOSS] = initial_loss
         history.append(metrics)
         diverged = not math.isfinite(train_loss)

@@ -18,16 +18,16 @@ seed's units, ``build_plan``, ``build_workload`` with ``trial_seeds(study seed, 
 of a study shares data, initial weights and batch order) and a ``WorkloadCache`` per job, ``workers.train.train``
 with a ``ProbeSchedule`` of the method's policy, and after every epoch ``EarlyStopper.decide`` (then ``finish`` at
 the trial's end). Optuna is told what the service tells it: every epoch's finite objective as ``trial.report(value,
-epoch)``; a stopped trial PRUNED; otherwise ``workers.optuna_study.trial_end`` of its last result (a trial that
-diverged is COMPLETE with its last finite value there, as in the service); an invalid sample FAIL. The service path
+epoch)``; its end is ``workers.optuna_study.trial_end`` of its last result, as in the service (stopped: PRUNED;
+diverged, its training loss non-finite: FAIL however it stopped); an invalid sample FAIL. The service path
 (Ray Tune, the searcher) is tested separately; this bench measures the search, not the orchestration.
 
 Units. The regime probes (``workers.probing.run_probes``, curvature and LR range test) run once per study seed (the
 seed changes data and initial weights), as the service's driver does once per study; every method of that seed
 uses their ``lr_crit`` / ``lr_div``. The probes' seconds are printed, and counted in no method's figures (every
-method pays them alike). ``--space`` is a schedule space as a study's ``schedule`` (a JSON file), by default the
-``regimes`` preset (``{"preset": "regimes"}``: phase 1 lr in [lr_crit, lr_div], phase 2 effective lr in
-[0.01, 1] x lr_crit, the transition epoch searched).
+method pays them alike). ``--space`` is a schedule space as a study's ``schedule`` (a JSON file), by default
+``default_space(epochs)`` (two phases: phase 1 lr in [0.1, 1] x lr_crit without momentum, phase 2 effective lr in
+[0.001, 0.1] x lr_crit with momentum 0.9-0.99, the transition epoch in [0.2, 0.8] x epochs).
 
 Budget. Total training epochs = ``--trials`` x ``--epochs`` (what ``full`` spends when no trial diverges). Every
 method trains until the budget is spent, so a method that stops trials early runs more of them; a trial that
@@ -80,7 +80,7 @@ subtracted).
 
 ``schedulefree``'s sweep: learning rates drawn log-uniformly (``numpy`` seeded by the study seed's
 ``schedulefree`` stream) between the smallest and the largest absolute lr the space can give with the seed's units
-(every searched parameter at either end, every choice, every phase: for the preset, 1e-4 x lr_crit to lr_div),
+(every searched parameter at either end, every choice, every phase: for the default space, 1e-4 x lr_crit to lr_crit),
 trained ``--epochs`` each until the budget is spent (``--trials`` of them when none diverges). Same data, model,
 initial weights and batch order as the other methods (``build_workload`` the same way, ``batch_order``); a small
 training loop written here: ``optimizer.train()`` with ``model.train()`` for training, ``optimizer.eval()`` before
@@ -143,7 +143,25 @@ METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "schedulefre
 POLICIES = {"full": "none", "median": "median", "asha": "asha", "schedule_aware": "schedule_aware"}
 NAIVE = ("median", "asha")
 MISPRUNE_METHODS = ("median", "asha", "top1epoch", "schedule_aware")
-DEFAULT_SPACE = {"preset": "regimes"}
+
+
+def default_space(epochs: int) -> dict[str, Any]:
+    """Two regimes, both below the stability edge: phase 1 SGD without momentum at [0.1, 1] x lr_crit, phase 2
+    at an effective lr of [0.001, 0.1] x lr_crit with a high momentum, the transition in [0.2, 0.8] x epochs.
+
+    Not the ``regimes`` preset: its phase 1 starts at lr_crit (the full-batch edge), where minibatch SGD on
+    digits diverges in nearly every trial, which would leave every method nothing to compare."""
+    return {
+        "family": "phases",
+        "phases": [
+            {"optimizer": "sgd", "lr": {"low": 0.1, "high": 1.0, "log": True, "unit": "lr_crit"}, "momentum": 0.0},
+            {"optimizer": "sgd", "effective_lr": {"low": 0.001, "high": 0.1, "log": True, "unit": "lr_crit"},
+             "momentum": {"choices": [0.9, 0.95, 0.98, 0.99]}},
+        ],
+        "transition_epochs": [{"low": max(1, round(0.2 * epochs)), "high": max(1, round(0.8 * epochs))}],
+    }
+
+
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 FRESH_TRIAL = 10**9  # the trial number the mis-prune replay asks about: one no run has
@@ -310,20 +328,17 @@ def run_tpe(setup: Setup, method: str, seed: int, units: Mapping[str, float]) ->
             report(trial, setup, result)
             decision, _ = stopper.decide(trial.number, result)
             if decision is not None and decision.stop:
-                state["stopped"] = True
+                state["stopped"], state["reason"] = True, decision.reason
             elif ledger.exhausted and not result[LAST_EPOCH]:
                 state["cut"] = True
             return state["stopped"] or state["cut"]
 
         history = train(workload, plan, setup.epochs, order_seed=order_seed, on_epoch=on_epoch,
                         probes=ProbeSchedule(config, setup.epochs))
-        if state["stopped"] or state["cut"]:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            stopper.finish(trial.number, completed=False)
-        else:
-            end = trial_end(history[-1], lost=False, stop_requested=False, metric=setup.metric)
-            study.tell(trial, end.value, state=end.outcome.value)
-            stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
+        end = trial_end(history[-1], lost=False, stop_requested=state["cut"], metric=setup.metric,
+                        stopped_by=state.get("reason"))
+        study.tell(trial, end.value, state=end.outcome.value)
+        stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
         ledger.ended(history, schedule, state["stopped"], state["cut"])
     return ledger.out(stopper=stopper)
 
@@ -654,7 +669,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="digits")
     parser.add_argument("--params", default="{}", help="the workload's params, JSON")
-    parser.add_argument("--space", default=None, help="a schedule space, JSON file (default: the regimes preset)")
+    parser.add_argument("--space", default=None, help="a schedule space, JSON file (default: default_space(epochs))")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of a trial")
     parser.add_argument("--trials", type=int, default=80, help="budget = trials x epochs training epochs per study")
     parser.add_argument("--seeds", type=int, default=10, help="study seeds 0..N-1 (>= 10 for the statistics)")
@@ -673,7 +688,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("--epochs must be >= 2, --trials, --seeds and --workers >= 1")
     try:
         args.params = json.loads(args.params)
-        args.space = json.loads(Path(args.space).read_text()) if args.space else dict(DEFAULT_SPACE)
+        args.space = json.loads(Path(args.space).read_text()) if args.space else default_space(args.epochs)
     except (OSError, ValueError) as err:
         parser.error(f"--params / --space: {err}")
     reported = workloads().get(args.workload)

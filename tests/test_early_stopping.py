@@ -122,6 +122,9 @@ def test_a_diverged_trial_stops_at_once_even_in_its_large_step_phase():
     stopper = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True)
     decision, _ = stopper.decide(0, {"epoch": 0, "train_loss": 2.0, "initial_loss": 2.3, LARGE_STEP: True})
     assert decision is None  # epoch 0: not a probe point, not diverged
+    catapult, _ = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True).decide(
+        2, {"epoch": 0, "train_loss": 40.0, "initial_loss": 2.3, LARGE_STEP: True})
+    assert catapult is None  # the first epoch's loss may spike at large LR (catapult) and come back
     decision, _ = stopper.decide(0, {"epoch": 1, "train_loss": 40.0, LARGE_STEP: True})
     assert decision.stop and "diverged" in decision.reason and decision.epoch == 1
     decision, _ = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True).decide(
@@ -156,6 +159,14 @@ def test_rungs_and_options():
     assert EarlyStopping(Policy.ASHA, grace_period=2, reduction_factor=2).rungs(10) == (2, 4, 8)
     assert EarlyStopping(Policy.MEDIAN, grace_period=3).rungs(6) == (3, 4, 5)
     assert EarlyStopping().rungs(10) == ()
+    # schedule_aware probes only where a stop saves more than the probe costs: not after 9 of 10 epochs.
+    aware = EarlyStopping(Policy.SCHEDULE_AWARE)
+    assert aware.rungs(10) == (1, 3) and aware.rungs(30) == (1, 3, 9)
+    late = ProbeSchedule(aware, 10)
+    assert late.due(3, large_step=True) and not any(late.due(e, large_step=True) for e in range(4, 9))
+    assert not late.due(9, large_step=False)  # its catch-up would cost 1.35 epochs to save 1
+    early = ProbeSchedule(aware, 10)
+    assert early.due(3, large_step=True) and early.due(5, large_step=False) and not early.due(6, large_step=False)
     config = EarlyStopping.parse({"policy": "asha", "reduction_factor": 2, "grace_period": 2, "min_peers": None})
     assert config == EarlyStopping(Policy.ASHA, grace_period=2, reduction_factor=2.0)
     assert EarlyStopping.parse(config.to_dict()) == config

@@ -100,7 +100,8 @@ def test_a_plugin_workload_is_studied_like_a_built_in_one(postgres_url, server_f
         assert [t["state"] for t in trials] == ["COMPLETE"] * 3
         for trial in trials:
             assert [sorted(m) for m in trial["metrics"]][0] == sorted(
-                ["epoch", "lr", "momentum", "phase", "seconds", "train_loss", "val_loss", "val_close"])
+                ["epoch", "large_step_phase", "lr", "momentum", "phase", "seconds", "train_loss", "val_loss",
+                 "val_close"])
             assert trial["value"] == trial["metrics"][-1]["val_close"] and 0 <= trial["value"] <= 1
         assert study["best_trial"]["value"] == max(t["value"] for t in trials)
 

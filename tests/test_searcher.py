@@ -52,11 +52,13 @@ def test_states_values_and_budget(handle):
     searcher.on_trial_complete("t0", _result(2, 0.5, done=True))  # Tune gives the last result only here
     searcher.on_trial_result("t1", _result(0, 2.0))
     searcher.on_trial_complete("t1", _result(0, 2.0), error=True)
-    searcher.on_trial_complete("t2", _result(0, float("nan"), done=True))
+    # Diverged: its training loss is NaN though its val metric is a number (a NaN network still predicts).
+    searcher.on_trial_complete("t2", {**_result(0, 2.3, done=True), "train_loss": float("nan")})
 
     trials = optuna.load_study(study_name="searcher", storage=handle.storage_url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
     assert trials[0].value == 0.5
+    assert "diverged" in trials[2].user_attrs["fail_reason"], trials[2].user_attrs
     assert trials[0].intermediate_values == {0: 1.0, 1: 0.9, 2: 0.5}
     assert trials[0].user_attrs["realized_lr"] == [0.1, 0.1, 0.1]
     assert trials[0].user_attrs["schedule"] == first["schedule"]

@@ -11,10 +11,12 @@ Three policies besides ``none`` (the default):
   the values recorded at that rung stops, once ``min_peers`` trials have one.
 - ``schedule_aware``: the same asynchronous rungs, but trials are ranked by a **cooldown probe** (``cooldown.py``:
   the trial's weights and optimizer forked, the LR annealed to zero over ``cooldown_fraction`` of the steps done,
-  evaluated, discarded): how good the trial would be if it decayed now. A trial inside its large-step phase
+  evaluated, discarded): how good the trial would be if it decayed now. Only where a stop could save more epochs
+  than the probe costs (``worth_probing``): no probe at a rung near the end. A trial inside its large-step phase
   (``Plan.in_large_step_phase``) is probed and recorded there, never judged; it is judged at the first epoch after
   that phase (a catch-up probe, against the peers of the last rung it passed). A diverged trial (non-finite loss,
-  or a training loss ``divergence_factor`` times its first step's) stops at once, wherever it is.
+  or from the second epoch on a training loss ``divergence_factor`` times its first step's: the first epoch may
+  hold a catapult) stops at once, wherever it is; it ends FAIL, not PRUNED, when its loss is non-finite.
 
 Every score a decision reads is written to the trial's user attrs (``early_stopping:<epoch>``) as it is taken, so a
 restarted driver rebuilds the rungs from the storage (``EarlyStopper.load``) and keeps every decision. The trainable
@@ -97,10 +99,18 @@ class EarlyStopping:
         out: list[int] = []
         k = 0
         while (rung := round(self.grace_period * self.reduction_factor**k)) < epochs:
-            if not out or rung > out[-1]:
+            if (not out or rung > out[-1]) and self.worth_probing(rung, epochs):
                 out.append(rung)
             k += 1
         return tuple(out)
+
+    def worth_probing(self, completed: int, epochs: int) -> bool:
+        """Whether a decision after ``completed`` epochs can save more than it costs: a cooldown probe there
+        costs ``cooldown_fraction * completed`` epochs, a stop saves ``epochs - completed`` at most. (Only
+        schedule_aware probes; the other policies' decisions cost nothing.)"""
+        if self.policy is not Policy.SCHEDULE_AWARE:
+            return True
+        return epochs - completed > self.cooldown_fraction * completed
 
 
 _SHARED = {"grace_period", "min_peers"}
@@ -135,6 +145,7 @@ class ProbeSchedule:
 
     def __init__(self, config: EarlyStopping, epochs: int) -> None:
         self._rungs = frozenset(config.rungs(epochs)) if config.policy is Policy.SCHEDULE_AWARE else frozenset()
+        self._config = config
         self._epochs = epochs
         self._deferred = False
         self.fraction = config.cooldown_fraction
@@ -148,7 +159,7 @@ class ProbeSchedule:
             return True
         if self._deferred and not large_step:
             self._deferred = False
-            return True
+            return self._config.worth_probing(completed, self._epochs)  # too late to save more than it costs
         return False
 
 
@@ -307,6 +318,8 @@ class EarlyStopper:
         if not math.isfinite(loss):
             return f"train_loss {loss}"
         initial = self._initial.get(number)
+        if result.get("epoch", 0) < 1:
+            return None  # a catapult: at large LR the loss spikes in the first steps and comes back down
         if initial is not None and math.isfinite(initial) and loss > self.config.divergence_factor * initial:
             return (f"train_loss {loss:.6g} is more than {self.config.divergence_factor:g}× the first step's "
                     f"{initial:.6g}")

@@ -95,13 +95,18 @@ def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: b
         stop_requested: the study is being stopped (or its time is up).
         metric: the objective metric.
         time_limit_s: the spec's ``trial_time_limit_s``: a trial stopped for it before its last epoch is PRUNED.
-        stopped_by: why early stopping stopped the trial (None: it did not): PRUNED with that reason.
+        stopped_by: why early stopping stopped the trial (None: it did not): PRUNED with that reason, unless its
+            training loss is non-finite: a diverged trial is FAIL, however it stopped (its val metric may still be a
+            number: a NaN network still predicts some class).
     """
     result = result or {}
     if lost:
         return TrialEnd(TrialOutcome.FAIL, reason="its process or node was lost and Ray Tune's retries ran out")
     if result.get(TRIAL_ERROR):
         return TrialEnd(TrialOutcome.FAIL, reason=str(result[TRIAL_ERROR]))
+    loss = result.get("train_loss")
+    if isinstance(loss, (int, float)) and not math.isfinite(loss):  # whatever stopped it, and whatever val says
+        return TrialEnd(TrialOutcome.FAIL, reason=f"diverged: train_loss {loss}")
     if stopped_by is not None:
         return TrialEnd(TrialOutcome.PRUNED, reason=stopped_by)
     if not result.get(LAST_EPOCH) and stop_requested:

@@ -18,6 +18,7 @@ from workers.early_stopping import (
     ProbeSchedule,
     TrialRecords,
 )
+from workers.optuna_study import TrialOutcome, trial_end
 from workers.seeding import Seeds
 from workers.train import train
 from workers.workloads import build_workload
@@ -116,6 +117,36 @@ def test_a_restarted_stopper_takes_the_decisions_the_first_would_have(curves):
     last = len(names) - 1
     for result in curves[names[-1]]:
         assert restarted.decide(last, result) == first.decide(last, result)
+
+
+def test_autodecay_is_not_judged_before_its_first_decay_and_its_own_end_is_complete(curves):
+    """AutoDecay's phase before its first decay is a large-step phase: probed and recorded, never judged; after
+    the decay it is judged like any trial, and where AutoDecay ends the trial itself that is its last epoch."""
+    torch.set_num_threads(1)
+    stopper = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True)
+    for number, results in enumerate(curves.values()):  # the peers
+        for result in results:
+            decision, _ = stopper.decide(number, result)
+            if decision is not None and decision.stop:
+                break
+        stopper.finish(number, completed=decision is None or not decision.stop)
+    ends = []
+    for number, tolerance in enumerate((0.05, 0.2), start=len(curves)):
+        workload = build_workload("ps10", PS10, Seeds(0, 0, 0))
+        schedule = {"family": "autodecay", "lr": 0.3, "beta": 0.0, "window": 2, "tolerance": tolerance, "gamma": 0.1}
+        plan = build_plan(schedule, EPOCHS, workload.steps_per_epoch)
+        history = train(workload, plan, EPOCHS, probes=ProbeSchedule(stopper.config, EPOCHS))
+        decisions = [stopper.decide(number, result) for result in history]
+        (decay,) = plan.extra_attrs()["autodecay_decay_epochs"][:1]
+        assert [r[LARGE_STEP] for r in history] == [r["epoch"] < decay for r in history]
+        inside = [(d, attrs) for (d, attrs), r in zip(decisions, history, strict=True) if r[LARGE_STEP] and d]
+        assert inside and all(not d.stop and "large-step" in d.reason and attrs for d, attrs in inside)
+        ends.append((history[-1], plan.extra_attrs()["autodecay_stopped_epoch"]))
+    (late, late_stop), (early, early_stop) = ends
+    assert late_stop is None and late["epoch"] == EPOCHS - 1  # decayed at epoch 10: too late to be worth a probe
+    assert early_stop == early["epoch"] < EPOCHS - 1 and early["last_epoch"]  # AutoDecay ended it itself ...
+    end = trial_end(early, lost=False, stop_requested=False, metric="val_accuracy")
+    assert end.outcome is TrialOutcome.COMPLETE  # ... which is no prune
 
 
 def test_a_diverged_trial_stops_at_once_even_in_its_large_step_phase():

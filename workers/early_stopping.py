@@ -155,7 +155,7 @@ class ProbeSchedule:
         if not self._rungs or completed >= self._epochs:
             return False
         if completed in self._rungs:
-            self._deferred = self._deferred or large_step
+            self._deferred = large_step  # judged here unless inside a large-step phase: then after it
             return True
         if self._deferred and not large_step:
             self._deferred = False

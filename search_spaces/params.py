@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from search_spaces.errors import SpecError
 
 Scalar = float | int | bool | str
+MAX_CHOICES = 1000  # a categorical this long is a list to sweep, not a search space
 RANGE_KEYS = {"low", "high", "log", "step", "unit"}
 
 
@@ -74,6 +75,8 @@ def parse(raw: Any, loc: tuple = ()) -> Param:
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
             raise SpecError((*loc, "choices"), "must be a non-empty list")
+        if len(choices) > MAX_CHOICES:
+            raise SpecError((*loc, "choices"), f"at most {MAX_CHOICES} choices, got {len(choices)}")
         return Choices(tuple(choices))
     if isinstance(raw, Mapping) and ("low" in raw or "high" in raw):
         extra = set(raw) - RANGE_KEYS

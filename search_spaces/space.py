@@ -13,6 +13,9 @@ from search_spaces import params, presets, segment, units
 from search_spaces.errors import SpecError
 
 PHASES = "phases"
+# Limits that keep a spec (stored, returned by every read, expanded per trial) small; far above real searches.
+MAX_SCHEDULE_CHOICES = 64
+MAX_PHASES = 16
 
 
 def validate(space: Any, epochs: int, steps_per_epoch: int) -> None:
@@ -24,6 +27,8 @@ def validate(space: Any, epochs: int, steps_per_epoch: int) -> None:
         options = space["choices"]
         if not isinstance(options, list) or not options:
             raise SpecError(("choices",), "must be a non-empty list of schedules")
+        if len(options) > MAX_SCHEDULE_CHOICES:
+            raise SpecError(("choices",), f"at most {MAX_SCHEDULE_CHOICES} schedules, got {len(options)}")
         for i, option in enumerate(options):
             if isinstance(option, Mapping) and "choices" in option:
                 raise SpecError(("choices", i), "schedule choices cannot nest")
@@ -48,6 +53,8 @@ def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int
     phases = space.get("phases")
     if not isinstance(phases, list) or not phases:
         raise SpecError(("phases",), "must be a non-empty list of phases")
+    if len(phases) > MAX_PHASES:
+        raise SpecError(("phases",), f"at most {MAX_PHASES} phases, got {len(phases)}")
     transitions = space.get("transition_epochs", [])
     if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
         raise SpecError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")

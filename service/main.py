@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 
 from search_spaces import SpecError
 from service import probes, studies
+from service.body_limit import BodyLimit
 from service.db import make_engine, migrate
+from service.docs import mount_docs
 from service.launcher import Launcher
 from service.routes import health
 from service.routes import probes as probes_routes
@@ -55,8 +57,10 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True) ->
         app.state.engine.dispose()
         app.state.storage.engine.dispose()
 
-    app = FastAPI(title="phasetune", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="phasetune", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
+    mount_docs(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(studies_routes.router)
     app.include_router(probes_routes.router)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     dashboard_port: int = 8080
     dashboard_url: str = ""  # the address shown to users; derived from host and port when empty
     api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the API
+    # Larger request bodies are refused (413) before they are parsed: a spec is a few kB.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
     @property
     def dashboard_address(self) -> str:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from tests.conftest import BIN, free_port, stop_group, wait_for, wait_for_status
+from tests.data_helpers import make_image_folder
 from tests.test_api_fast import small_spec
 
 pytestmark = pytest.mark.slow
@@ -237,13 +238,17 @@ def test_one_invalid_sample_does_not_fail_the_study(module_server):
 
 
 def test_an_error_inside_a_trial_fails_that_trial_only(module_server):
-    """A config that passes validation but cannot train (256 GB of weights) raises in the trial: that trial ends
-    FAIL with the exception as its reason, is not retried, and the study goes on to complete."""
-    spec = _constant("cannot-allocate", {"name": "digits", "params": {"hidden": 10**9}})
+    """A config that passes validation but cannot train (an image folder with a file that is no image: files are
+    counted at submission, decoded by the trial) raises in the trial: that trial ends FAIL with the exception as
+    its reason, is not retried, and the study goes on to complete."""
+    folder = make_image_folder(module_server.workdir / "data", "corrupt", per_class=4)
+    (folder / "centre" / "0.png").write_bytes(b"not a png")
+    spec = _constant("cannot-decode", {"name": "image_folder", "params": {"path": "corrupt"}},
+                     objective={"metric": "val_accuracy", "direction": "maximize"})
     trials = _completed_trials(module_server, spec)
     assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
     for trial in trials:
-        assert "RuntimeError" in trial["user_attrs"]["fail_reason"] and "allocate" in trial["user_attrs"]["fail_reason"]
+        assert "UnidentifiedImageError" in trial["user_attrs"]["fail_reason"], trial["user_attrs"]["fail_reason"]
         assert "phasetune_swept" not in trial["user_attrs"]
 
 

@@ -130,6 +130,17 @@ BAD_INPUTS = [
     (("early_stopping",), {"policy": "schedule_aware", "cooldown_fraction": 0}, ["body", "early_stopping",
                                                                               "cooldown_fraction"]),
     (("early_stopping",), {"policy": "schedule_aware", "grace_period": 4}, ["body", "early_stopping", "grace_period"]),
+    # Admission: workload params within their bounds (quadratic dim 200000 asked for a 320 GB matrix), and specs
+    # of a reasonable size (a 1.7M-choice spec was stored and returned to every reader).
+    (("workload",), {"name": "ps10", "params": {"n_train": 10**9}}, ["body", "workload", "params", "n_train"]),
+    (("workload",), {"name": "ps10", "params": {"hidden": 2**63}}, ["body", "workload", "params", "hidden"]),
+    (("workload",), {"name": "quadratic", "params": {"dim": 200_000}}, ["body", "workload", "params", "dim"]),
+    (("workload",), {"name": "digits", "params": {"hidden": 10**9}}, ["body", "workload", "params", "hidden"]),
+    (("schedule", "phases", 1, "momentum"), {"choices": [0.9] * 1001}, ["body", "schedule", "phases", 1, "momentum",
+                                                                       "choices"]),
+    (("schedule",), {"choices": [{"family": "constant", "lr": 0.1}] * 65}, ["body", "schedule", "choices"]),
+    (("schedule",), {"family": "phases", "phases": [{"lr": 0.1}] * 17, "transition_epochs": list(range(1, 17))},
+     ["body", "schedule", "phases"]),
 ]
 
 
@@ -320,6 +331,17 @@ def test_probes_without_a_cluster_are_503_and_unknown_ones_404(client):
     assert client.get(f"/probes/{2**40}").status_code == 404
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_cap_is_413_and_not_echoed(client, chunked):
+    """A 20 MB body (the cap is 1 MiB) is refused before it is parsed, whether its size is declared or not."""
+    body = json.dumps(small_spec("huge", colour="x" * 20_000_000)).encode()
+    content = (body[i:i + 65536] for i in range(0, len(body), 65536)) if chunked else body
+    response = client.post("/studies", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 413, response.text[:300]
+    assert "PHASETUNE_MAX_BODY_BYTES" in response.json()["detail"] and len(response.content) < 1000
+    assert all(s["name"] != "huge" for s in client.get("/studies").json())
+
+
 def test_openapi_documents_the_errors(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"201", "409", "422"} <= set(paths["/studies"]["post"]["responses"])
@@ -340,3 +362,20 @@ def test_non_finite_numbers_are_422s_not_500s(client, field, raw, loc):
     assert response.status_code == 422, response.text
     assert [d["loc"] for d in response.json()["detail"]] == [loc]
     assert all(s["name"] != "not-finite" for s in client.get("/studies").json())
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_render_from_the_apps_own_assets(client, page):
+    """Offline, a page that loads its scripts from a CDN is blank: every asset the page names is served here."""
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", html.text)
+    urls = [a or b for a, b in urls]
+    assert any(u.endswith(".js") for u in urls), urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url  # no other host
+        fetched = client.get(url)
+        assert fetched.status_code == 200 and len(fetched.content) > 100, url
+    assert "http://" not in html.text and "https://" not in html.text, html.text

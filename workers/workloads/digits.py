@@ -15,7 +15,7 @@ from workers.workloads.models import mlp
 N_IMAGES = 1797
 
 PARAMS = {
-    "hidden": Param(64, "width of the one hidden layer", low=1),
+    "hidden": Param(64, "width of the one hidden layer", low=1, high=65_536),
     "batch_size": Param(64, "examples per step (1438 training images: 23 steps per epoch)", low=1),
     "val_fraction": Param(0.2, "share of the 1797 images held out for validation, split by the study's seed",
                           low=0.0, high=1.0),

@@ -42,7 +42,7 @@ PARAMS = {
     "n_val": Param(5_000, "validation images, drawn from the rest of the 60,000", low=1, high=N_TRAIN_IMAGES),
     "n_test": Param(N_TEST_IMAGES, "test images (the first n of the 10,000), evaluated once per trial",
                     low=1, high=N_TEST_IMAGES),
-    "width": Param(8, "channels of the CNN's first block (then 2x and 4x)", low=1),
+    "width": Param(8, "channels of the CNN's first block (then 2x and 4x)", low=1, high=128),
     "batch_size": Param(128, "examples per step", low=1),
 }
 

@@ -29,8 +29,8 @@ from workers.workloads.paths import inside
 MODEL_PARAMS = {
     "model": Param("mlp", "mlp (one hidden layer over the flattened input) or cnn (3 conv blocks)",
                    choices=("mlp", "cnn")),
-    "hidden": Param(128, "mlp: width of the hidden layer", low=1),
-    "width": Param(16, "cnn: channels of the first block (then 2x, 4x)", low=1),
+    "hidden": Param(128, "mlp: width of the hidden layer", low=1, high=65_536),
+    "width": Param(16, "cnn: channels of the first block (then 2x, 4x)", low=1, high=128),
     "batch_size": Param(64, "examples per step", low=1),
 }
 
@@ -234,7 +234,7 @@ IMAGE_FOLDER = WorkloadSpec(
                            "each holding them"),
         "val_fraction": Param(0.2, "without train/ and val/: the share held out for validation, by the study's seed",
                               low=0.0, high=1.0),
-        "image_size": Param(32, "images are resized to this square size", low=4),
+        "image_size": Param(32, "images are resized to this square size", low=4, high=512),
         "grayscale": Param(False, "read images as one channel instead of RGB"),
         "in_memory": Param(True, "decode every image once into tensors (fast); false: read files through a "
                                  "DataLoader each epoch (data larger than memory)"),

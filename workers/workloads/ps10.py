@@ -31,14 +31,14 @@ N_CLASSES = 10
 PATTERNS_PER_CLASS = {"simple": 10, "complex": 100}
 
 PARAMS = {
-    "n_train": Param(4000, "training examples", low=1),
-    "n_val": Param(1000, "validation examples (always clean)", low=1),
+    "n_train": Param(4000, "training examples", low=1, high=100_000),
+    "n_val": Param(1000, "validation examples (always clean)", low=1, high=100_000),
     "noise": Param(0.0, "fraction of training examples with a random pattern and label (the paper: 0.1)",
                    low=0.0, high=1.0),
     "batch_size": Param(128, "examples per step", low=1),
-    "features": Param(512, "random Fourier features", low=1),
+    "features": Param(512, "random Fourier features", low=1, high=4096),
     "bandwidth": Param(4.0, "sigma of the feature frequencies, in units of 1/pattern coordinate", low=0.0),
-    "hidden": Param(512, "width of the hidden layer", low=1),
+    "hidden": Param(512, "width of the hidden layer", low=1, high=4096),
     "jitter": Param(0.01, "std of the Gaussian added to every input coordinate that holds a pattern", low=0.0),
 }
 

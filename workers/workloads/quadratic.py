@@ -19,10 +19,11 @@ from workers.seeding import generator
 from workers.workloads.contract import LOSSES, Data, Param, TensorSplit, WorkloadSpec
 
 PARAMS = {
-    "dim": Param(20, "dimension of x", low=1),
+    "dim": Param(20, "dimension of x (A is dim x dim, float64)", low=1, high=4096),
     "eig_min": Param(0.01, "smallest eigenvalue of A (condition number eig_max / eig_min)", low=0.0),
     "eig_max": Param(1.0, "largest eigenvalue of A: plain GD is stable below lr = 2 / eig_max", low=0.0),
-    "steps_per_epoch": Param(10, "full-gradient steps per 'epoch' (the data are dummies)", low=1),
+    "steps_per_epoch": Param(10, "full-gradient steps per 'epoch' (the data are dummies)", low=1,
+                             high=10_000),
 }
 
 

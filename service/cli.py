@@ -18,10 +18,25 @@ FINISHED = {status.value for status in StudyStatus if status.finished}
 ENDED_TRIALS = ("COMPLETE", "PRUNED", "FAIL")  # Optuna's names of the states a trial ends in, as the API sends them
 
 
+def _token(settings: Any) -> str | None:
+    """PHASETUNE_TOKEN, else the token file if there is one (refused unless only its owner can read it)."""
+    if settings.token:
+        return settings.token
+    path = Path(settings.token_file)
+    if not path.is_file():
+        return None
+    if path.stat().st_mode & 0o077:
+        sys.exit(f"phasetune: {path} is readable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it")
+    return path.read_text().strip() or None
+
+
 def _client(args: argparse.Namespace) -> httpx.Client:
     from service.settings import get_settings
 
-    return httpx.Client(base_url=args.api or get_settings().api_url, timeout=60)
+    settings = get_settings()
+    token = _token(settings)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.api or settings.api_url, timeout=60, headers=headers)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
@@ -56,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     DATA_DIR.mkdir(exist_ok=True)
     migrate(settings.storage_url)
+    _check_exposure(settings, args.host, args.insecure)
     address = ray_cluster.connect(settings)
     print(f"phasetune: Ray at {address}; storage {settings.storage_url}", flush=True)  # noqa: T201
     dashboard = None
@@ -68,11 +84,75 @@ def cmd_serve(args: argparse.Namespace) -> None:
             stdout=log, stderr=subprocess.STDOUT)
         print(f"phasetune: Optuna dashboard at {settings.dashboard_address}", flush=True)  # noqa: T201
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        app = create_app(settings, host=args.host, insecure=args.insecure)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         if dashboard is not None:
             dashboard.terminate()
             dashboard.wait(timeout=10)
+
+
+def _check_exposure(settings: Any, host: str, insecure: bool) -> None:
+    """Refuse to serve beyond loopback without a token (or with the dashboard, which has no auth, beyond it),
+    unless told ``--insecure``; then say so loudly."""
+    from service import auth
+    from service.db import make_engine
+
+    exposed = not auth.is_loopback(host) or not auth.is_loopback(settings.dashboard_host)
+    if insecure:
+        if exposed or settings.auth is auth.AuthMode.ON:
+            print(f"phasetune: WARNING: --insecure: the API on {host} answers anyone who reaches it, without a "  # noqa: T201
+                  f"token; the dashboard is on {settings.dashboard_host}", file=sys.stderr, flush=True)
+        return
+    if settings.start_dashboard and not auth.is_loopback(settings.dashboard_host):
+        sys.exit(f"phasetune: the Optuna dashboard has no authentication and can delete studies; it stays on "
+                 f"loopback (PHASETUNE_DASHBOARD_HOST={settings.dashboard_host} refused; --insecure to allow it)")
+    if not auth.auth_enabled(settings.auth, host):
+        return
+    engine = make_engine(settings.storage_url)
+    try:
+        tokens = auth.active_tokens(engine)
+    finally:
+        engine.dispose()
+    if tokens == 0:
+        where = f"--host {host}" if not auth.is_loopback(host) else "PHASETUNE_AUTH=on"
+        sys.exit(f"phasetune: {where} needs API tokens and the database has none: create one first with "
+                 f"`phasetune token create --scope admin` (or pass --insecure to serve without auth)")
+
+
+def _token_engine() -> Any:
+    from service.db import make_engine, migrate
+    from service.settings import get_settings
+
+    url = get_settings().storage_url
+    migrate(url)
+    return make_engine(url)
+
+
+def cmd_token_create(args: argparse.Namespace) -> None:
+    from service import auth
+
+    record, token = auth.create_token(_token_engine(), auth.Scope(args.scope), args.name)
+    named = f", {record.name}" if record.name else ""
+    print(f"phasetune: token {record.id} ({record.scope}{named}), shown only now:", file=sys.stderr)  # noqa: T201
+    print(token)  # noqa: T201
+
+
+def cmd_token_list(args: argparse.Namespace) -> None:
+    from service import auth
+
+    for record in auth.list_tokens(_token_engine()):
+        summary = record.summary()
+        state = "revoked" if summary["revoked"] else "active"
+        print(f"{record.id}\t{record.scope}\t{state}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.name}")  # noqa: T201
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> None:
+    from service import auth
+
+    if auth.revoke_token(_token_engine(), args.id) is None:
+        sys.exit(f"phasetune: no token with id {args.id}")
+    print(f"phasetune: token {args.id} revoked")  # noqa: T201
 
 
 def cmd_stop_ray(args: argparse.Namespace) -> None:
@@ -244,7 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API (and a local Ray head and the Optuna dashboard)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve without API tokens even beyond loopback (anyone who reaches the port can use it)")
     serve.set_defaults(func=cmd_serve)
+    token = commands.add_parser("token", help="API tokens (on the database: PHASETUNE_STORAGE_URL)"
+                                ).add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", help="create a token and print it (once)")
+    create.add_argument("--scope", required=True, choices=["read", "write", "admin"])
+    create.add_argument("--name", default="", help="what it is for")
+    create.set_defaults(func=cmd_token_create)
+    token.add_parser("list", help="id, scope, state, creation time and name of every token").set_defaults(
+        func=cmd_token_list)
+    revoke = token.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(func=cmd_token_revoke)
     commands.add_parser("migrate", help="create the database schema").set_defaults(func=cmd_migrate)
     commands.add_parser("stop-ray", help="stop the local Ray head `serve` started (only it: not `ray stop`)"
                         ).set_defaults(func=cmd_stop_ray)

@@ -1,4 +1,5 @@
-"""phasetune's own table beside Optuna's, in the same database: what Optuna cannot hold (probe records).
+"""phasetune's own tables beside Optuna's, in the same database: what Optuna cannot hold (probe records, API
+tokens).
 
 A study is all Optuna's: its spec, status and creation time are user attrs of the Optuna study, its id is the Optuna
 study id, and its trials are read through Optuna.
@@ -13,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from workers.storage import engine_kwargs, open_storage, tune_sqlite
 
+TOKEN_NAME_MAX = 100
 ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backend: a larger one names nothing
 
 
@@ -33,6 +35,24 @@ class ProbeRecord(Base):
     options: Mapped[dict] = mapped_column(JSON)
     result: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+
+
+class TokenRecord(Base):
+    """An API token (``service.auth``): its scope and the SHA-256 of the token, never the token itself."""
+
+    __tablename__ = "phasetune_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(TOKEN_NAME_MAX))
+    scope: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=None)
+
+    def summary(self) -> dict[str, object]:
+        """What may be shown of a token: never its digest."""
+        return {"id": self.id, "name": self.name, "scope": self.scope, "created_at": self.created_at,
+                "revoked": self.revoked_at is not None}
 
 
 def make_engine(url: str) -> Engine:

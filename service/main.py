@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from search_spaces import SpecError
 from service import probes, studies
+from service.auth import auth_enabled
 from service.body_limit import BodyLimit
 from service.db import make_engine, migrate
 from service.docs import mount_docs
@@ -21,6 +22,7 @@ from service.launcher import Launcher
 from service.routes import health
 from service.routes import probes as probes_routes
 from service.routes import studies as studies_routes
+from service.routes import tokens as tokens_routes
 from service.routes import workloads as workloads_routes
 from service.settings import Settings, get_settings
 from workers.storage import open_storage
@@ -37,15 +39,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def create_app(settings: Settings | None = None, *, run_studies: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_studies: bool = True, host: str | None = None,
+               insecure: bool = False) -> FastAPI:
     """The API over ``settings``' storage. ``run_studies=False`` leaves Ray out entirely: studies are stored and
-    read but nothing launches them (what the fast tests use)."""
+    read but nothing launches them (what the fast tests use). ``host`` is the address it is served on (auth is on
+    beyond loopback, ``service.auth``), unless ``insecure``."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(settings.storage_url)
         app.state.settings = settings
+        app.state.auth = not insecure and auth_enabled(settings.auth, host)
         app.state.engine = make_engine(settings.storage_url)
         app.state.storage = open_storage(settings.storage_url)
         app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True) ->
     app.include_router(studies_routes.router)
     app.include_router(probes_routes.router)
     app.include_router(workloads_routes.router)
+    app.include_router(tokens_routes.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -7,11 +7,14 @@ They check shapes and simple bounds (so a 422 names the field); the defaults are
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
+from service.auth import Scope
+from service.db import TOKEN_NAME_MAX
 from workers.early_stopping import EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
@@ -199,3 +202,21 @@ class ProbeOut(BaseModel):
     options: dict[str, Any]
     result: dict[str, Any]
     created_at: str
+
+
+class TokenCreate(BaseModel):
+    model_config = INPUT
+    scope: Scope
+    name: str = Field("", max_length=TOKEN_NAME_MAX, description="what the token is for (shown by token list)")
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    scope: Scope
+    created_at: datetime
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the token itself: shown this once, only its hash is stored")

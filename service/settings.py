@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.auth import AuthMode
 from workers.workloads.paths import default_data_root
 
 DATA_DIR = Path(".phasetune")
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
     dashboard_port: int = 8080
     dashboard_url: str = ""  # the address shown to users; derived from host and port when empty
     api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the API
+    # API tokens: auto = on exactly when `serve` binds beyond loopback (service/auth.py).
+    auth: AuthMode = AuthMode.AUTO
+    # The CLI's token: PHASETUNE_TOKEN, or this file (it must be readable by its owner only).
+    token: str = ""
+    token_file: str = str(Path("~/.config/phasetune/token").expanduser())
     # Larger request bodies are refused (413) before they are parsed: a spec is a few kB.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 

@@ -123,6 +123,23 @@ def module_storage_url(request, tmp_path_factory) -> Iterator[str]:
         yield from _postgres_database()
 
 
+def start_dashboard(storage_url: str, artifact_dir: str) -> tuple[subprocess.Popen, str]:
+    """optuna-dashboard as a real process on ``storage_url``: its process (stop it with ``stop_group``), its URL."""
+    port = free_port()
+    process = subprocess.Popen([str(BIN / "optuna-dashboard"), storage_url, "--port", str(port),
+                                "--artifact-dir", artifact_dir],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def up():
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(up, 60, "optuna-dashboard")
+    return process, f"http://127.0.0.1:{port}"
+
+
 class Server:
     """`phasetune serve` as a real process on a free port; restartable, and stopped by PID at the end."""
 

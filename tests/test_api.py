@@ -11,7 +11,7 @@ import httpx
 import optuna
 import pytest
 
-from tests.conftest import BIN, free_port, stop_group, wait_for, wait_for_status
+from tests.conftest import BIN, start_dashboard, stop_group, wait_for, wait_for_status
 from tests.data_helpers import make_image_folder
 from tests.test_api_fast import small_spec
 
@@ -25,22 +25,6 @@ def module_server(module_storage_url, ray_address, tmp_path_factory):
     server = Server(module_storage_url, ray_address, tmp_path_factory.mktemp("api")).start()
     yield server
     server.stop()
-
-
-def _dashboard(storage_url: str, artifact_dir: str):
-    port = free_port()
-    process = subprocess.Popen([str(BIN / "optuna-dashboard"), storage_url, "--port", str(port),
-                                "--artifact-dir", artifact_dir],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def up():
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, 60, "optuna-dashboard")
-    return process, f"http://127.0.0.1:{port}"
 
 
 def test_study_runs_to_completion_and_lands_in_optuna(storage_url, server_factory):
@@ -85,7 +69,7 @@ def test_study_runs_to_completion_and_lands_in_optuna(storage_url, server_factor
         assert frozen.user_attrs["schedule"] == trial["schedule"]
 
     # ... and so does the Optuna dashboard's HTTP API.
-    dashboard, url = _dashboard(storage_url, str(server.workdir / "artifacts"))
+    dashboard, url = start_dashboard(storage_url, str(server.workdir / "artifacts"))
     try:
         summaries = httpx.get(f"{url}/api/studies", timeout=10).json()["study_summaries"]
         dashboard_id = next(s["study_id"] for s in summaries if s["study_name"] == spec["name"])

@@ -379,3 +379,30 @@ def test_the_api_docs_render_from_the_apps_own_assets(client, page):
         fetched = client.get(url)
         assert fetched.status_code == 200 and len(fetched.content) > 100, url
     assert "http://" not in html.text and "https://" not in html.text, html.text
+
+
+def test_a_study_deleted_with_the_dashboard_is_gone_from_the_api(client, storage, tmp_path):
+    """The dashboard's trash icon calls DELETE /api/studies/{id} on the same storage: the API then answers 404 for
+    that study (500 before), lists the others, and the name can be used again."""
+    import httpx
+
+    from tests.conftest import start_dashboard, stop_group
+
+    doomed = client.post("/studies", json=small_spec("dashboard-doomed"))
+    kept = client.post("/studies", json=small_spec("dashboard-kept"))
+    assert doomed.status_code == kept.status_code == 201
+    dashboard, url = start_dashboard(storage, str(tmp_path))
+    try:
+        deleted = httpx.delete(f"{url}/api/studies/{doomed.json()['id']}", timeout=30)
+        assert deleted.status_code in (200, 204), deleted.text
+    finally:
+        stop_group(dashboard)
+    gone = doomed.json()["id"]
+    assert client.get(f"/studies/{gone}").status_code == 404
+    assert client.get(f"/studies/{gone}/trials").status_code == 404
+    assert client.post(f"/studies/{gone}/stop").status_code == 404
+    names = [s["name"] for s in client.get("/studies").json()]
+    assert "dashboard-kept" in names and "dashboard-doomed" not in names
+    again = client.post("/studies", json=small_spec("dashboard-doomed"))
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != gone

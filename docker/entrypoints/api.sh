@@ -17,8 +17,19 @@
 #   PHASETUNE_DASHBOARD_URL     the dashboard address shown to users (read by phasetune)
 #   PHASETUNE_RESULTS_DIR       where Ray Tune writes trial results (read by phasetune; must be
 #                               the same shared path on every Ray node)
+#   PHASETUNE_API_PUBLISHED_ON  the host address the API's port is published on (compose passes
+#                               PHASETUNE_BIND_ADDRESS, default 127.0.0.1). Loopback: only this
+#                               host reaches the API, which is served without tokens (--insecure,
+#                               as `serve` on loopback is). Anything else: tokens are required,
+#                               and `serve` refuses to start until one exists
+#                               (`docker compose run --rm api phasetune token create --scope admin`).
 #   PHASETUNE_BIN               the phasetune executable      (default: phasetune on PATH)
 set -eu
+
+case "${PHASETUNE_API_PUBLISHED_ON:-127.0.0.1}" in
+    127.*|localhost|::1) insecure="--insecure" ;;
+    *) insecure="" ;;
+esac
 
 if [ "${PHASETUNE_API_JOIN_RAY:-false}" = "true" ]; then
     if [ -z "${PHASETUNE_RAY_ADDRESS:-}" ]; then
@@ -29,6 +40,7 @@ if [ "${PHASETUNE_API_JOIN_RAY:-false}" = "true" ]; then
         "$(dirname "$0")/ray-worker.sh"
 fi
 
+# shellcheck disable=SC2086 # $insecure is one flag or none
 exec "${PHASETUNE_BIN:-phasetune}" serve \
     --host "${PHASETUNE_API_HOST:-0.0.0.0}" \
-    --port "${PHASETUNE_API_PORT:-8000}"
+    --port "${PHASETUNE_API_PORT:-8000}" $insecure

@@ -7,32 +7,34 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from service import studies
+from service.auth import AUTH_RESPONSES, READ, WRITE
 from service.db import ID_MAX
 from service.deps import LauncherDep, SettingsDep, StorageDep
 from service.schemas import StudyCreate, StudyOut, TrialOut
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+router = APIRouter(prefix="/studies", tags=["studies"], responses=AUTH_RESPONSES)
 NOT_FOUND = {404: {"description": "no phasetune study has this id"}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"description": "the name is taken"}})
+@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"description": "the name is taken"}},
+             dependencies=[WRITE])
 def create_study(spec: StudyCreate, storage: StorageDep, settings: SettingsDep, launcher: LauncherDep) -> StudyOut:
     """Store the study and start it on Ray. 409 if the name exists; 422 naming the field if the spec is invalid."""
     return studies.create(storage=storage, settings=settings, request=spec, launcher=launcher)
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_studies(storage: StorageDep, settings: SettingsDep) -> list[StudyOut]:
     return studies.list_all(storage=storage, settings=settings)
 
 
-@router.get("/{study_id}", responses=NOT_FOUND)
+@router.get("/{study_id}", responses=NOT_FOUND, dependencies=[READ])
 def get_study(study_id: int, storage: StorageDep, settings: SettingsDep) -> StudyOut:
     """Status, trial counts by state, and the best trial with its params and concrete schedule."""
     return studies.view(storage=storage, settings=settings, study_id=study_id)
 
 
-@router.get("/{study_id}/trials", responses=NOT_FOUND)
+@router.get("/{study_id}/trials", responses=NOT_FOUND, dependencies=[READ])
 def get_trials(study_id: int, storage: StorageDep, request: Request, response: Response,
                offset: Annotated[int, Query(ge=0, le=ID_MAX, description="the first trial number")] = 0,
                limit: Annotated[int, Query(ge=1, le=studies.MAX_PAGE_SIZE)] = studies.PAGE_SIZE,
@@ -48,7 +50,8 @@ def get_trials(study_id: int, storage: StorageDep, request: Request, response: R
     return page
 
 
-@router.post("/{study_id}/stop", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND)
+@router.post("/{study_id}/stop", status_code=status.HTTP_202_ACCEPTED, responses=NOT_FOUND,
+             dependencies=[WRITE])
 def stop_study(study_id: int, storage: StorageDep, settings: SettingsDep, launcher: LauncherDep) -> StudyOut:
     """Stop the study's trials (they end PRUNED in Optuna); a finished study is left as it is."""
     return studies.stop(storage=storage, settings=settings, study_id=study_id, launcher=launcher)

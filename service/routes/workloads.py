@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service import workloads
+from service.auth import AUTH_RESPONSES, READ
 from service.schemas import WorkloadOut
 
-router = APIRouter(prefix="/workloads", tags=["workloads"])
+router = APIRouter(prefix="/workloads", tags=["workloads"], responses=AUTH_RESPONSES, dependencies=[READ])
 
 
 @router.get("")

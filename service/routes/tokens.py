@@ -1,0 +1,35 @@
+"""``/tokens``: create, list and revoke API tokens (an admin token's; ``phasetune token`` does the same on the
+database directly, which is how the first token is made)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from service import auth
+from service.auth import ADMIN, AUTH_RESPONSES
+from service.db import ID_MAX
+from service.deps import EngineDep
+from service.schemas import TokenCreate, TokenCreated, TokenOut
+
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_RESPONSES, dependencies=[ADMIN])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_token(request: TokenCreate, engine: EngineDep) -> TokenCreated:
+    """A new token; the response is the only time it is shown."""
+    record, token = auth.create_token(engine, request.scope, request.name)
+    return TokenCreated(**record.summary(), token=token)
+
+
+@router.get("")
+def list_tokens(engine: EngineDep) -> list[TokenOut]:
+    return [TokenOut(**record.summary()) for record in auth.list_tokens(engine)]
+
+
+@router.delete("/{token_id}", responses={404: {"description": "no token has this id"}})
+def revoke_token(token_id: int, engine: EngineDep) -> TokenOut:
+    """Revoke the token: it is refused from the next request on."""
+    record = auth.revoke_token(engine, token_id) if 0 <= token_id <= ID_MAX else None
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token with id {token_id}")
+    return TokenOut(**record.summary())

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -138,3 +138,22 @@ def require(needed: Scope) -> Callable[..., None]:
 READ = Depends(require(Scope.READ))
 WRITE = Depends(require(Scope.WRITE))
 ADMIN = Depends(require(Scope.ADMIN))
+
+
+def without_auth(app: FastAPI) -> None:
+    """Make ``app``'s OpenAPI say what an app with auth off does: no security scheme, no 401 or 403."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+                    for code in ("401", "403"):
+                        operation["responses"].pop(code, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

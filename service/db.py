@@ -18,6 +18,11 @@ TOKEN_NAME_MAX = 100
 ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backend: a larger one names nothing
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time, timezone-aware: SQLite hands back what it stored without its zone (always UTC here)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -51,7 +56,7 @@ class TokenRecord(Base):
 
     def summary(self) -> dict[str, object]:
         """What may be shown of a token: never its digest."""
-        return {"id": self.id, "name": self.name, "scope": self.scope, "created_at": self.created_at,
+        return {"id": self.id, "name": self.name, "scope": self.scope, "created_at": as_utc(self.created_at),
                 "revoked": self.revoked_at is not None}
 
 

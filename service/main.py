@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from search_spaces import SpecError
 from service import probes, studies
-from service.auth import auth_enabled
+from service.auth import auth_enabled, without_auth
 from service.body_limit import BodyLimit
 from service.db import make_engine, migrate
 from service.docs import mount_docs
@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(settings.storage_url)
         app.state.settings = settings
-        app.state.auth = not insecure and auth_enabled(settings.auth, host)
         app.state.engine = make_engine(settings.storage_url)
         app.state.storage = open_storage(settings.storage_url)
         app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
@@ -65,6 +64,9 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     app = FastAPI(title="phasetune", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
     mount_docs(app)
+    app.state.auth = not insecure and auth_enabled(settings.auth, host)
+    if not app.state.auth:
+        without_auth(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(studies_routes.router)

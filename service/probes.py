@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from search_spaces import SpecError
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.db import ID_MAX, ProbeRecord
+from service.db import ID_MAX, ProbeRecord, as_utc
 from service.launcher import Launcher
 from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
 from service.settings import Settings
@@ -95,4 +95,4 @@ def view(*, engine: Engine, probe_id: int) -> ProbeOut:
 
 def _out(record: ProbeRecord) -> ProbeOut:
     return ProbeOut(id=record.id, kind=record.kind, workload=record.workload, seed=record.seed,
-                    options=record.options, result=record.result, created_at=record.created_at.isoformat())
+                    options=record.options, result=record.result, created_at=as_utc(record.created_at).isoformat())

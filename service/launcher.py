@@ -3,6 +3,11 @@
 At start it connects to the cluster (a local head is started by ``phasetune serve`` before the app) and relaunches
 the driver of every unfinished study, a no-op where one is alive; then it launches each study the API stores. While
 no cluster answers, a stored study waits, ``queued``, and nothing is lost: the next start launches it.
+
+Between jobs it reconciles, every ``reconcile_s``: an unfinished study whose driver is gone (killed more often
+than its restart budget, or its node lost) is relaunched, at most ``MAX_RELAUNCHES`` times, then failed with the
+reason, so no study stays ``queued`` or ``running`` with nobody to run it. A cluster that stops answering (its head
+restarted) is reconnected, and every unfinished study relaunched on it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from workers.study_attrs import StudyStatus
 
 logger = logging.getLogger(__name__)
 CONNECT_RETRY_S = 5.0
+MAX_RELAUNCHES = 3  # relaunches of one study's driver by reconciliation before the study is failed
 _CLOSE = object()
 
 
@@ -31,6 +37,8 @@ class Launcher:
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = threading.Event()
         self.connected = threading.Event()
+        self.ray_error: str | None = None  # why the cluster did not answer the last reconciliation
+        self.relaunched: dict[str, int] = {}  # studies whose driver reconciliation found gone: how many times
         self._thread = threading.Thread(target=self._run, name="phasetune-launcher", daemon=True)
 
     def start(self) -> None:
@@ -50,15 +58,31 @@ class Launcher:
         self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
+        if not self._connect():
+            return
+        while True:
+            try:
+                job = self._queue.get(timeout=self._settings.reconcile_s)
+            except queue.Empty:
+                self._reconcile()
+                continue
+            if job is _CLOSE:
+                return
+            self._do(*job)  # type: ignore[misc]
+
+    def _connect(self) -> bool:
+        """Connect (retrying until closed), then relaunch every unfinished study; False if closed first."""
         while not self._closed.is_set():
             try:
                 ray_cluster.connect(self._settings)
                 break
             except Exception as err:  # noqa: BLE001  (no cluster yet: studies wait queued, we retry)
+                self.ray_error = f"{type(err).__name__}: {err}"
                 logger.warning("phasetune: no Ray cluster yet (%s); retrying in %.0f s", err, CONNECT_RETRY_S)
                 self._closed.wait(CONNECT_RETRY_S)
         else:
-            return
+            return False
+        self.ray_error = None
         self.connected.set()
         try:
             unfinished = unfinished_studies(self._storage)
@@ -67,8 +91,42 @@ class Launcher:
             unfinished = []
         for name in unfinished:
             self._do(self._launch, name)
-        while (job := self._queue.get()) is not _CLOSE:
-            self._do(*job)  # type: ignore[misc]
+        return True
+
+    def _reconcile(self) -> None:
+        try:
+            unfinished = unfinished_studies(self._storage)
+        except Exception:  # noqa: BLE001  (the storage is down: /health says so; nothing to do until it is back)
+            logger.exception("phasetune: reconciliation could not list the unfinished studies")
+            return
+        try:
+            gone = [name for name in unfinished
+                    if driver.find_driver(self._settings.storage_url, name) is None]
+        except Exception as err:  # noqa: BLE001  (the cluster stopped answering: reconnect, relaunch everything)
+            logger.warning("phasetune: the Ray cluster does not answer (%s); reconnecting", err)
+            self.ray_error = f"{type(err).__name__}: {err}"
+            self.connected.clear()
+            ray_cluster.disconnect()
+            self._connect()
+            return
+        for name in gone:
+            self._do(self._relaunch, name)
+
+    def _relaunch(self, study_name: str) -> None:
+        if self._status(study_name).finished:
+            return  # it ended between the listing and now
+        count = self.relaunched.get(study_name, 0) + 1
+        self.relaunched[study_name] = count
+        if count > MAX_RELAUNCHES:
+            logger.error("phasetune: study %r lost its driver %d times; failing it", study_name, count)
+            optuna_study.fail_study(
+                optuna.load_study(study_name=study_name, storage=self._storage),
+                f"its driver was lost {count} times (killed, or its node died, beyond Ray's restarts and "
+                f"{MAX_RELAUNCHES} relaunches by the API)")
+            return
+        logger.warning("phasetune: study %r has no driver; relaunching it (%d of %d)", study_name, count,
+                       MAX_RELAUNCHES)
+        driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
 
     @staticmethod
     def _do(action: Callable[[str], None], study_name: str) -> None:

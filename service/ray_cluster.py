@@ -25,6 +25,8 @@ import ray
 from service.settings import Settings
 from workers.driver import NAMESPACE
 
+logger = logging.getLogger(__name__)
+
 
 def _port_open(host: str, port: int) -> bool:
     with socket.socket() as sock:
@@ -108,3 +110,11 @@ def connect(settings: Settings) -> str:
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     return address
+
+
+def disconnect() -> None:
+    """Drop this process's connection (to a cluster that stopped answering), so that ``connect`` makes a new one."""
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001  (a connection to a dead head may fail to close; it is dropped either way)
+        logger.warning("phasetune: closing the old Ray connection failed", exc_info=True)

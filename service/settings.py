@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # The CLI's token: PHASETUNE_TOKEN, or this file (it must be readable by its owner only).
     token: str = ""
     token_file: str = str(Path("~/.config/phasetune/token").expanduser())
+    # How often the API checks that every unfinished study has a driver and that Ray answers (service/launcher.py).
+    reconcile_s: float = Field(default=30.0, gt=0)
     # Larger request bodies are refused (413) before they are parsed: a spec is a few kB.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 

@@ -292,3 +292,30 @@ def test_schedule_aware_stopping_prunes_after_large_step_phases_and_survives_a_d
         successors = [t for t in trials if restart < t["number"] <= trial["number"] + 1
                       and f"early_stopping:{decision['rung']}" in t["user_attrs"]]
         assert decision["peers"] > len(successors), (decision, len(successors))
+
+
+def test_a_study_whose_driver_is_lost_for_good_is_relaunched_and_completes(storage_url, ray_client, tmp_path):
+    """Killed beyond Ray's restarts (``no_restart``), the driver is gone for good: the API's reconciliation finds
+    the unfinished study without one, relaunches it, and the study completes its budget with nothing RUNNING;
+    /health counts the relaunch."""
+    import ray
+
+    from tests.conftest import Server
+    from workers.driver import find_driver
+
+    server = Server(storage_url, ray_client, tmp_path, PHASETUNE_RECONCILE_S="2").start()
+    try:
+        with server.client() as client:
+            spec = small_spec("lost-driver", epochs=6, n_trials=4,
+                              schedule={"family": "constant", "lr": {"low": 0.01, "high": 0.1}, "momentum": 0.9})
+            study_id = client.post("/studies", json=spec).json()["id"]
+            wait_for(lambda: _trials_running(client, study_id), 120, "a running trial")
+            ray.kill(find_driver(storage_url, "lost-driver"), no_restart=True)
+            study = wait_for_status(client, study_id, ("completed", "failed", "stopped"))
+            health = client.get("/health").json()
+        assert study["status"] == "completed", study.get("error")
+        counts = study["trial_counts"]
+        assert counts.get("RUNNING", 0) == 0 and counts.get("COMPLETE", 0) >= 4, counts
+        assert health["relaunched_drivers"] == {"lost-driver": 1} and health["status"] == "ok", health
+    finally:
+        server.stop()

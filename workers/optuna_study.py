@@ -139,6 +139,13 @@ def sweep_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
+def fail_study(study: optuna.Study, error: str) -> None:
+    """The study failed: its error and status go to the storage, and nothing of it stays RUNNING."""
+    study.set_user_attr(study_attrs.ERROR, error)
+    study.set_user_attr(study_attrs.STATUS, study_attrs.StudyStatus.FAILED.value)
+    sweep_stale_trials(study)
+
+
 def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, epoch: int, value: float) -> None:
     """The trial's value at ``epoch``, overwriting an earlier one: a trial Tune retried starts its curve again,
     where ``Trial.report`` would keep the stale value (it ignores a second report of a step)."""

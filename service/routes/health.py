@@ -1,18 +1,31 @@
-"""``/health``: the API answers and its storage is reachable."""
+"""``/health``: whether the service can do its job: its storage answers, and (when it runs studies) Ray does."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response, status
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.deps import EngineDep, LauncherDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-def health(engine: EngineDep, launcher: LauncherDep) -> dict[str, object]:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+@router.get("/health", responses={503: {"description": "the storage or the Ray cluster does not answer (`problems`)"}})
+def health(engine: EngineDep, launcher: LauncherDep, response: Response) -> dict[str, object]:
+    """200 when the storage answers and, for an API that runs studies, Ray is connected; 503 naming what is not.
+    ``relaunched_drivers``: studies whose driver the API found gone and relaunched (how many times)."""
+    problems = []
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as err:
+        problems.append(f"storage: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
     connected = launcher is not None and launcher.connected.is_set()
-    return {"status": "ok", "storage": engine.url.get_backend_name(), "ray_connected": connected}
+    if launcher is not None and not connected:
+        problems.append(f"ray: not connected ({launcher.ray_error or 'connecting'})")
+    if problems:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"status": "unavailable" if problems else "ok", "storage": engine.url.get_backend_name(),
+            "ray_connected": connected, "problems": problems,
+            "relaunched_drivers": dict(launcher.relaunched) if launcher is not None else {}}

@@ -286,6 +286,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     body = {"kind": args.kind, "workload": {"name": args.workload, "params": json.loads(args.params)},
             "seed": args.seed, "options": json.loads(args.options)}
     record = _call(args, "POST", "/probes", json=body)
+    while record["status"] == "running":  # 202: it runs on the cluster; its record says when it is done
+        time.sleep(0.5)
+        record = _call(args, "GET", f"/probes/{record['id']}")
+    if record["status"] == "failed":
+        sys.exit(f"phasetune: probe {record['id']} failed: {record['error']}")
     result = record["result"]
     if args.kind == "curvature":
         print(f"phasetune: probe {record['id']}: lambda0 = {result['lambda0']:.6g}, "  # noqa: T201

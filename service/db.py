@@ -7,9 +7,10 @@ study id, and its trials are read through Optuna.
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, create_engine
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from workers.storage import engine_kwargs, open_storage, tune_sqlite
@@ -21,6 +22,12 @@ ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backe
 def as_utc(moment: datetime) -> datetime:
     """A stored time, timezone-aware: SQLite hands back what it stored without its zone (always UTC here)."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+class ProbeStatus(str, enum.Enum):
+    RUNNING = "running"  # submitted to Ray (or waiting for its resources)
+    DONE = "done"
+    FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -38,7 +45,10 @@ class ProbeRecord(Base):
     workload: Mapped[dict] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     options: Mapped[dict] = mapped_column(JSON)
-    result: Mapped[dict] = mapped_column(JSON)
+    resources: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=ProbeStatus.DONE.value)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # None until it is done
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
 
 
@@ -69,4 +79,19 @@ def migrate(url: str) -> None:
     open_storage(url).engine.dispose()
     engine = make_engine(url)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to a table since a database was created (``create_all`` adds tables, not columns): each a
+    nullable column or one with a default, so the rows already there keep their meaning."""
+    added = {"phasetune_probes": {"resources": "JSON", "status": f"VARCHAR(16) DEFAULT '{ProbeStatus.DONE.value}'",
+                                  "error": "TEXT"}}
+    present = inspect(engine)
+    with engine.begin() as connection:
+        for table, columns in added.items():
+            have = {column["name"] for column in present.get_columns(table)}
+            for name, kind in columns.items():
+                if name not in have:
+                    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))

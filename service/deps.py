@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 
 from service.launcher import Launcher
+from service.probe_runner import ProbeRunner
 from service.settings import Settings
 
 
@@ -28,7 +29,12 @@ def _launcher(request: Request) -> Launcher | None:
     return request.app.state.launcher
 
 
+def _probe_runner(request: Request) -> ProbeRunner | None:
+    return request.app.state.probe_runner
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 LauncherDep = Annotated[Launcher | None, Depends(_launcher)]
+ProbeRunnerDep = Annotated[ProbeRunner | None, Depends(_probe_runner)]

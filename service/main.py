@@ -19,6 +19,7 @@ from service.body_limit import BodyLimit
 from service.db import make_engine, migrate
 from service.docs import mount_docs
 from service.launcher import Launcher
+from service.probe_runner import ProbeRunner
 from service.routes import health
 from service.routes import probes as probes_routes
 from service.routes import studies as studies_routes
@@ -53,10 +54,13 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
         app.state.engine = make_engine(settings.storage_url)
         app.state.storage = open_storage(settings.storage_url)
         app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
+        app.state.probe_runner = ProbeRunner(app.state.engine) if run_studies else None
         if app.state.launcher is not None:
             app.state.launcher.start()
+            app.state.probe_runner.start()
         yield
         if app.state.launcher is not None:
+            app.state.probe_runner.close()
             app.state.launcher.close()
         app.state.engine.dispose()
         app.state.storage.engine.dispose()
@@ -100,9 +104,5 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     @app.exception_handler(probes.ClusterUnavailable)
     async def no_cluster(_: Request, err: probes.ClusterUnavailable) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(err)})
-
-    @app.exception_handler(probes.ProbeTimeout)
-    async def probe_timeout(_: Request, err: probes.ProbeTimeout) -> JSONResponse:
-        return JSONResponse(status_code=status.HTTP_504_GATEWAY_TIMEOUT, content={"detail": str(err)})
 
     return app

@@ -1,19 +1,20 @@
-"""What ``/probes`` does: check the request, run the probe on Ray with the requested resources, store the record."""
+"""What ``/probes`` does: check the request and store the probe, which ``ProbeRunner`` runs on Ray (the request does
+not wait for it); read it back."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-import ray
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from search_spaces import SpecError
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.db import ID_MAX, ProbeRecord, as_utc
+from service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
 from service.launcher import Launcher
+from service.probe_runner import ProbeJob, ProbeRunner
 from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
 from service.settings import Settings
 from workers import probing
@@ -24,7 +25,6 @@ OPTION_MODELS: dict[ProbeKind, tuple[type[BaseModel], type]] = {
     ProbeKind.CURVATURE: (CurvatureOptionsIn, CurvatureOptions),
     ProbeKind.LR_RANGE: (LRRangeOptionsIn, LRRangeOptions),
 }
-TIMEOUT_S = 900  # a probe costs well under an epoch of training; this only guards a stuck cluster (or a GPU wait)
 
 
 class ProbeNotFound(Exception):
@@ -32,11 +32,7 @@ class ProbeNotFound(Exception):
 
 
 class ClusterUnavailable(Exception):
-    """No Ray cluster is connected (yet), or it could not run the probe: a 503, the request may be retried."""
-
-
-class ProbeTimeout(Exception):
-    """The probe did not finish in ``TIMEOUT_S`` (a stuck cluster, or a wait for a GPU it does not have): a 504."""
+    """No Ray cluster is connected (yet): a 503, the request may be retried."""
 
 
 def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRangeOptions:
@@ -52,7 +48,9 @@ def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRange
     return options
 
 
-def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, request: ProbeCreate) -> ProbeOut:
+def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, runner: ProbeRunner | None,
+           request: ProbeCreate) -> ProbeOut:
+    """Check the request, store the probe as running and hand it to the runner: it answers at once (202)."""
     try:
         spec, _ = resolve_workload(request.workload.name, request.workload.params, settings.data_root)
     except SpecError as err:
@@ -62,27 +60,20 @@ def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, req
     except probing.ProbeUnsupported as err:
         raise SpecError(("kind",), str(err)) from None
     options = _options(request.kind, request.options)
-    if launcher is None or not launcher.connected.is_set():
+    if runner is None or launcher is None or not launcher.connected.is_set():
         raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
     workload = {"name": request.workload.name, "params": request.workload.params}
-    by_kind = {"curvature": options} if request.kind is ProbeKind.CURVATURE else {"lr_range": options}
-    try:
-        probes = probing.probe_remote(workload, request.seed, (request.kind,), cpus=request.resources.cpu,
-                                      gpus=request.resources.gpu, timeout=TIMEOUT_S, data_root=settings.data_root,
-                                      **by_kind)  # type: ignore[arg-type]
-    except ray.exceptions.GetTimeoutError:
-        raise ProbeTimeout(f"the probe did not finish within {TIMEOUT_S} s; is the cluster short of "
-                           f"{request.resources}?") from None
-    except ray.exceptions.RayError as err:
-        raise ClusterUnavailable(f"the cluster could not run the probe: {err}") from None
-    result = {**probes[request.kind.value], "units": probes["units"], "device": probes["device"]}
+    resources = {"cpu": request.resources.cpu, "gpu": request.resources.gpu}
     record = ProbeRecord(kind=request.kind.value, workload=workload, seed=request.seed, options=asdict(options),
-                         result=result)
+                         resources=resources, status=ProbeStatus.RUNNING.value)
     with Session(engine) as session:
         session.add(record)
         session.commit()
         session.refresh(record)
-        return _out(record)
+        out = _out(record)
+    runner.submit(ProbeJob(out.id, request.kind, workload, request.seed, options, request.resources.cpu,
+                           request.resources.gpu, settings.data_root))
+    return out
 
 
 def view(*, engine: Engine, probe_id: int) -> ProbeOut:
@@ -95,4 +86,5 @@ def view(*, engine: Engine, probe_id: int) -> ProbeOut:
 
 def _out(record: ProbeRecord) -> ProbeOut:
     return ProbeOut(id=record.id, kind=record.kind, workload=record.workload, seed=record.seed,
-                    options=record.options, result=record.result, created_at=as_utc(record.created_at).isoformat())
+                    options=record.options, resources=record.resources, status=ProbeStatus(record.status),
+                    result=record.result, error=record.error, created_at=as_utc(record.created_at).isoformat())

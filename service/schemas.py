@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.auth import Scope
-from service.db import TOKEN_NAME_MAX
+from service.db import TOKEN_NAME_MAX, ProbeStatus
 from workers.early_stopping import EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
@@ -200,7 +200,10 @@ class ProbeOut(BaseModel):
     workload: dict[str, Any]
     seed: int
     options: dict[str, Any]
-    result: dict[str, Any]
+    resources: dict[str, Any] | None = None
+    status: ProbeStatus = Field(description="running, then done (with its result) or failed (with its error)")
+    result: dict[str, Any] | None = None
+    error: str | None = None
     created_at: str
 
 

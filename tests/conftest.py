@@ -204,3 +204,16 @@ def wait_for_status(client: httpx.Client, study_id: int, statuses: tuple[str, ..
         return study if study["status"] in statuses else None
 
     return wait_for(done, timeout, f"study {study_id} to reach {statuses}", interval=1)
+
+
+def run_probe(client: httpx.Client, body: dict, timeout: float = 300) -> dict:
+    """``POST /probes`` (202: it runs on the cluster), then its record once it is no longer running."""
+    created = client.post("/probes", json=body)
+    assert created.status_code == 202, created.text
+    assert created.json()["status"] == "running" and created.json()["result"] is None
+
+    def finished():
+        record = client.get(f"/probes/{created.json()['id']}").json()
+        return record if record["status"] != "running" else None
+
+    return wait_for(finished, timeout, f"probe {created.json()['id']}", interval=0.5)

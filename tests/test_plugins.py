@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, wait_for_status
+from tests.conftest import Server, run_probe, wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +111,6 @@ def test_a_plugin_workload_is_studied_like_a_built_in_one(postgres_url, server_f
         units = _study("sines-units", schedule={"family": "constant", "lr": {"low": 0.5, "high": 1, "unit": "lr_crit"}})
         refused = client.post("/studies", json=units)
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "schedule"]
-        probe = client.post("/probes", json={"kind": "lr_range", "workload": {"name": "sines"}}, timeout=300)
-        assert probe.status_code == 201, probe.text
-        assert probe.json()["result"]["loss_kind"] == "custom" and probe.json()["result"]["lr_div"] > 0
+        probe = run_probe(client, {"kind": "lr_range", "workload": {"name": "sines"}})
+        assert probe["status"] == "done", probe
+        assert probe["result"]["loss_kind"] == "custom" and probe["result"]["lr_div"] > 0

@@ -9,11 +9,12 @@ A real `phasetune serve` process, real Ray, SQLite and PostgreSQL. The quadratic
 from __future__ import annotations
 
 import subprocess
+import time
 
 import optuna
 import pytest
 
-from tests.conftest import BIN, wait_for_status
+from tests.conftest import BIN, run_probe, wait_for_status
 from tests.test_api_fast import small_spec
 
 pytestmark = pytest.mark.slow
@@ -24,9 +25,8 @@ QUADRATIC = {"name": "quadratic", "params": {"dim": 10, "eig_min": 0.1, "eig_max
 def test_probes_are_run_stored_and_checked(storage_url, server_factory):
     server = server_factory(storage_url)
     with server.client() as client:
-        created = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC, "seed": 3})
-        assert created.status_code == 201, created.text
-        curvature = created.json()
+        curvature = run_probe(client, {"kind": "curvature", "workload": QUADRATIC, "seed": 3})
+        assert curvature["status"] == "done" and curvature["error"] is None, curvature
         assert set(curvature) >= {"id", "kind", "workload", "result", "created_at"}
         result = curvature["result"]
         assert curvature["kind"] == result["kind"] == "curvature"
@@ -34,10 +34,9 @@ def test_probes_are_run_stored_and_checked(storage_url, server_factory):
         assert result["lr_crit"] == pytest.approx(2 / result["lambda0"])
         assert result["iterations"] >= 1 and result["units"] == {"lr_crit": result["lr_crit"]}
 
-        created = client.post("/probes", json={"kind": "lr_range", "workload": QUADRATIC,
-                                               "options": {"lr_low": 1e-3, "steps": 400}})
-        assert created.status_code == 201, created.text
-        range_test = created.json()
+        range_test = run_probe(client, {"kind": "lr_range", "workload": QUADRATIC,
+                                        "options": {"lr_low": 1e-3, "steps": 400}})
+        assert range_test["status"] == "done", range_test
         result = range_test["result"]
         assert result["lr_start"] <= result["lr_best"] <= result["lr_div"]
         assert result["diverged"] and 2 / EIG_MAX < result["lr_div"] <= 2.5 * 2 / EIG_MAX  # brackets 2/λ_max
@@ -124,3 +123,22 @@ def test_cli_probe_plots_the_range_test(tmp_path, server_factory):
         [str(BIN / "phasetune"), "probe", "lr_range", "--workload", "imagenet", "--api", server.url],
         capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "workload.name" in refused.stderr
+
+
+def test_a_hundred_slow_probes_leave_the_api_answering(tmp_path, server_factory):
+    """Probes that cannot start (a GPU this cluster does not have) take no request thread: 100 of them answer 202
+    at once, /health and GET /studies answer beside them, and each probe's record says it is running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = server_factory(f"sqlite:///{tmp_path / 'probes.db'}")
+    body = {"kind": "curvature", "workload": QUADRATIC, "resources": {"cpu": 1, "gpu": 1}}
+    with ThreadPoolExecutor(max_workers=20) as pool, server.client() as client:
+        answers = list(pool.map(lambda _: client.post("/probes", json=body), range(100)))
+        assert [a.status_code for a in answers] == [202] * 100
+        started = time.monotonic()
+        assert client.get("/health", timeout=5).status_code == 200
+        assert client.get("/studies", timeout=5).status_code == 200
+        assert time.monotonic() - started < 5
+        ids = {a.json()["id"] for a in answers}
+        assert len(ids) == 100
+        assert all(client.get(f"/probes/{i}").json()["status"] == "running" for i in list(ids)[:5])

@@ -112,10 +112,16 @@ def probe_remote(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKi
                  cpus: float = 1, gpus: float = 0, timeout: float | None = None,
                  data_root: str | None = None) -> dict[str, Any]:
     """``run_probes`` as a Ray task with a trial's resources (``num_gpus`` as the study's trials); waits for it."""
-    ref = _probe_task.options(num_cpus=cpus, num_gpus=gpus).remote(
+    return ray.get(start_probe(workload, seed, kinds, curvature, lr_range, cpus, gpus, data_root), timeout=timeout)
+
+
+def start_probe(workload: Mapping[str, Any], seed: int, kinds: Iterable[ProbeKind] = tuple(ProbeKind),
+                curvature: CurvatureOptions | None = None, lr_range: LRRangeOptions | None = None,
+                cpus: float = 1, gpus: float = 0, data_root: str | None = None) -> ray.ObjectRef:
+    """``probe_remote`` without the wait: the task's ref (``ray.get`` it for ``run_probes``' result)."""
+    return _probe_task.options(num_cpus=cpus, num_gpus=gpus).remote(
         dict(workload), seed, tuple(kinds), asdict(curvature or CurvatureOptions()),
         asdict(lr_range or LRRangeOptions()), int(cpus), data_root)
-    return ray.get(ref, timeout=timeout)
 
 
 def ensure_units(study: Any, spec: StudySpec) -> dict[str, float]:

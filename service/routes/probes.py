@@ -6,19 +6,21 @@ from fastapi import APIRouter, HTTPException, status
 
 from service import probes
 from service.auth import AUTH_RESPONSES, READ, WRITE
-from service.deps import EngineDep, LauncherDep, SettingsDep
+from service.deps import EngineDep, LauncherDep, ProbeRunnerDep, SettingsDep
 from service.schemas import ProbeCreate, ProbeOut
 
 router = APIRouter(prefix="/probes", tags=["probes"], responses=AUTH_RESPONSES)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED,
-             responses={503: {"description": "no Ray cluster is connected, or it could not run the probe"},
-                        504: {"description": "the probe did not finish in time"}},
+@router.post("", status_code=status.HTTP_202_ACCEPTED,
+             responses={503: {"description": "no Ray cluster is connected to run the probe on (retry shortly)"}},
              dependencies=[WRITE])
-def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep, launcher: LauncherDep) -> ProbeOut:
-    """Run the probe on Ray (waits for it) and store the result. 422 naming the field if the request is invalid."""
-    return probes.create(engine=engine, settings=settings, launcher=launcher, request=request)
+def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep, launcher: LauncherDep,
+                 runner: ProbeRunnerDep) -> ProbeOut:
+    """Store the probe and start it on Ray; it answers at once with the probe ``running``: ``GET /probes/{id}``
+    shows it until it is ``done`` (with its result) or ``failed`` (with its error). 422 naming the field if the
+    request is invalid."""
+    return probes.create(engine=engine, settings=settings, launcher=launcher, runner=runner, request=request)
 
 
 @router.get("/{probe_id}", responses={404: {"description": "no probe has this id"}}, dependencies=[READ])

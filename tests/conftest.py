@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -217,3 +218,22 @@ def run_probe(client: httpx.Client, body: dict, timeout: float = 300) -> dict:
         return record if record["status"] != "running" else None
 
     return wait_for(finished, timeout, f"probe {created.json()['id']}", interval=0.5)
+
+
+@contextlib.contextmanager
+def served_in_thread(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port, in a thread of this process (real HTTP, no Ray): its URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 30, "uvicorn")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

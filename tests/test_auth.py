@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import text
 
 from service.auth import AuthMode
 from service.db import make_engine, migrate
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import BIN, free_port, wait_for
+from tests.conftest import BIN, free_port, served_in_thread
 from tests.test_api_fast import small_spec
 
 
@@ -36,15 +34,8 @@ def api(module_storage_url: str, tmp_path_factory) -> Iterator[str]:
     settings = Settings(storage_url=module_storage_url, auth=AuthMode.ON, start_dashboard=False,
                         results_dir=str(workdir / "results"), artifacts_dir=str(workdir / "artifacts"))
     migrate(module_storage_url)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, run_studies=False), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "uvicorn")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(settings, run_studies=False)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,10 @@ Ray), with auth off and on: no server error, no status code or body the OpenAPI 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
@@ -16,7 +14,7 @@ from service.auth import AuthMode, Scope, create_token
 from service.db import make_engine, migrate
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import free_port, wait_for
+from tests.conftest import served_in_thread
 
 # The spec's schema does not describe the schedule language or each workload's params yet (they are validated by
 # search_spaces and the workload registry), so a request valid by the schema can still be a 422.
@@ -37,15 +35,8 @@ def served(request, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     settings_ = Settings(storage_url=storage, auth=request.param, start_dashboard=False,
                          results_dir=str(workdir / "results"), artifacts_dir=str(workdir / "artifacts"),
                          data_root=str(workdir / "data"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings_, run_studies=False), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "uvicorn")
-    yield f"http://127.0.0.1:{port}", headers
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served_in_thread(create_app(settings_, run_studies=False)) as url:
+        yield url, headers
 
 
 def test_the_api_keeps_its_documented_contract(served):

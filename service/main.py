@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import optuna
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from search_spaces import SpecError
 from service import probes, studies
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
         app.state.storage.engine.dispose()
 
     app = FastAPI(title="phasetune", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  responses={503: {"description": "the storage does not answer (retry later); nothing was stored"}},
                   description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
     mount_docs(app)
     app.state.auth = not insecure and auth_enabled(settings.auth, host)
@@ -90,6 +93,15 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
         # The same shape as FastAPI's own validation errors, so clients parse one format.
         detail = [{"loc": ["body", *err.loc], "msg": err.msg, "type": "value_error"}]
         return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(optuna.exceptions.StorageInternalError)
+    async def storage_down(_: Request, err: Exception) -> JSONResponse:
+        # The database is unreachable or restarting: the client may retry; a failed write was rolled back.
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            content={"detail": f"the storage does not answer: {first}"})
 
     @app.exception_handler(studies.StudyExists)
     async def exists(_: Request, err: studies.StudyExists) -> JSONResponse:

@@ -406,3 +406,39 @@ def test_a_study_deleted_with_the_dashboard_is_gone_from_the_api(client, storage
     again = client.post("/studies", json=small_spec("dashboard-doomed"))
     assert again.status_code == 201, again.text
     assert again.json()["id"] != gone
+
+
+def test_a_storage_that_stops_answering_is_503_and_loses_nothing(postgres_url, tmp_path):
+    """The database goes away mid-service (here: its connections cut and the database renamed, as a restart or a
+    network cut looks to the API): requests are 503s naming the storage, /health says so, nothing is half-created;
+    once it is back, the API answers again without a restart."""
+    import sqlalchemy
+
+    from tests.conftest import PG_ADMIN_URL
+
+    settings = Settings(storage_url=postgres_url, start_dashboard=False, results_dir=str(tmp_path / "results"),
+                        artifacts_dir=str(tmp_path / "artifacts"))
+    name = postgres_url.rsplit("/", 1)[1]
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+    def rename(old: str, new: str) -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                       f"WHERE datname = '{old}' AND pid <> pg_backend_pid()")
+            connection.exec_driver_sql(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+
+    with TestClient(create_app(settings, run_studies=False)) as client:
+        assert client.post("/studies", json=small_spec("before-the-cut")).status_code == 201
+        rename(name, name + "_away")
+        try:
+            during = client.post("/studies", json=small_spec("during-the-cut"))
+            assert during.status_code == 503 and "storage" in during.json()["detail"], during.text
+            assert client.get("/studies").status_code == 503
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json()["problems"][0].startswith("storage"), health.text
+        finally:
+            rename(name + "_away", name)
+        assert client.get("/health").status_code == 200
+        assert [s["name"] for s in client.get("/studies").json()] == ["before-the-cut"]  # nothing half-created
+        assert client.post("/studies", json=small_spec("during-the-cut")).status_code == 201
+    admin.dispose()

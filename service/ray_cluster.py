@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -44,13 +45,30 @@ def ensure_local_head(settings: Settings) -> str:
                f"--temp-dir={head_dir(settings)}"]
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **head_auth_env(settings)})
     deadline = time.monotonic() + 60
     while not _port_open("127.0.0.1", settings.ray_port):
         if time.monotonic() > deadline:
             raise RuntimeError(f"Ray head did not come up on {address}")
         time.sleep(0.5)
     return address
+
+
+def head_auth_env(settings: Settings) -> dict[str, str]:
+    """Ray's token auth for the local head (its GCS and raylets listen on every interface, whatever the node IP):
+    a token of its own, in a 0600 file in its temp dir, made once. Every process of the head inherits the
+    variables from ``ray start``; a process that connects to it (``connect``) sets them first."""
+    token = auth_token_path(settings)
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def auth_token_path(settings: Settings) -> Path:
+    return head_dir(settings) / "auth_token"
 
 
 def head_dir(settings: Settings) -> Path:
@@ -107,6 +125,13 @@ def _alive(pid: int) -> bool:
 def connect(settings: Settings) -> str:
     """Connect this process to Ray once (idempotent); returns the cluster address."""
     address = settings.ray_address or ensure_local_head(settings)
+    if not settings.ray_address and os.environ.get("RAY_AUTH_MODE") != "token":
+        os.environ.update(head_auth_env(settings))
+        # Ray read its config (auth mode included) when it was imported: read it again, as Ray itself does when it
+        # turns token auth on for a process (ray._private.authentication.authentication_token_setup).
+        from ray._raylet import Config
+
+        Config.initialize("")
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     return address

@@ -46,3 +46,38 @@ def test_the_local_head_keeps_to_itself_and_stop_ray_stops_only_it(ray_address):
         assert "no local Ray head" in again.stdout
     finally:
         ray_cluster.stop_local_head(settings)
+
+
+def test_serve_on_its_own_head_uses_ray_token_auth(tmp_path):
+    """The head `serve` starts listens on every interface (Ray's GCS and raylets do, whatever the node IP), so it
+    requires Ray's token auth: a plain `ray.init` to it is refused, while the API, its drivers and trials, holding
+    the head's token, run a study to the end."""
+    import sys
+
+    from tests.conftest import Server, wait_for_status
+    from tests.test_api_fast import small_spec
+
+    port = free_port()
+    settings = Settings(ray_port=port, start_dashboard=False)
+    server = Server(f"sqlite:///{tmp_path / 'auth.db'}", "", tmp_path, PHASETUNE_RAY_PORT=str(port),
+                    PHASETUNE_RAY_NUM_CPUS="2")
+    try:
+        server.start()
+        with server.client() as client:
+            created = client.post("/studies", json=small_spec("on-its-own-head", epochs=3, n_trials=2,
+                                                                  schedule={"family": "constant", "lr": 0.1}))
+            assert created.status_code == 201, created.text
+            study = wait_for_status(client, created.json()["id"], ("completed", "failed", "stopped"))
+        assert study["status"] == "completed" and study["trial_counts"] == {"COMPLETE": 2}, study
+        token = ray_cluster.auth_token_path(settings)
+        assert token.stat().st_mode & 0o777 == 0o600
+        code = f"import ray; ray.init(address='127.0.0.1:{port}'); print(ray.get(ray.remote(lambda: 6 * 7).remote()))"
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=plain)
+        assert refused.returncode != 0 and "token" in refused.stderr.lower(), refused.stderr[-2000:]
+        allowed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                 env={**plain, **ray_cluster.head_auth_env(settings)})
+        assert allowed.returncode == 0 and allowed.stdout.strip().endswith("42"), allowed.stderr[-2000:]
+    finally:
+        server.stop()
+        ray_cluster.stop_local_head(settings)

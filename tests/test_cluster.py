@@ -228,7 +228,19 @@ class Cluster:
             "PHASETUNE_START_DASHBOARD": "false",
             "PHASETUNE_DASHBOARD_URL": self.dashboard_url,
             "PHASETUNE_RESULTS_DIR": str(self.workdir / "ray_results"),
+            "PHASETUNE_RAY_AUTH_TOKEN_FILE": str(self.token_file),  # as docker-compose.yml sets it
         })
+        return env
+
+    @property
+    def token_file(self) -> Path:
+        return self.workdir / "ray-auth" / "auth_token"
+
+    def ray_env(self, with_token: bool = True) -> dict[str, str]:
+        """A plain process's env for talking to our cluster: with its Ray token, or (to be refused) without."""
+        env = _base_env()
+        if with_token:
+            env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file)})
         return env
 
     def node_env(self, role: str) -> dict[str, str]:
@@ -301,7 +313,7 @@ class Cluster:
                 f"c = GcsClient(address='{self.ray_address}')\n"
                 "for n in c.get_all_node_info(timeout=5).values():\n"
                 "    print(n.node_id.hex(), n.state)\n")
-        done = subprocess.run([sys.executable, "-c", code], env=_base_env(), capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", code], env=self.ray_env(), capture_output=True, text=True,
                               timeout=60)
         if done.returncode != 0:
             return set()
@@ -398,6 +410,12 @@ def test_study_runs_on_both_nodes(cluster: Cluster) -> None:
     # The API's own node (no CPUs) is the third one; trials can only run on the other two.
     assert {head_id, worker_id} < cluster.node_ids()
     assert len(cluster.node_ids()) == 3
+    # Ray's token auth: a client without the cluster's token is refused (with it, node_ids above got through).
+    assert cluster.token_file.stat().st_mode & 0o777 == 0o600
+    code = f"import ray; ray.init(address='{cluster.ray_address}'); print(ray.get(ray.remote(lambda: 1).remote()))"
+    refused = subprocess.run([sys.executable, "-c", code], env=cluster.ray_env(with_token=False),
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "token" in refused.stderr.lower(), refused.stderr[-2000:]
 
     study_id = cluster.submit(spec("cluster-test", n_trials=4, epochs=3))
     study = cluster.wait_done(study_id, timeout=600)

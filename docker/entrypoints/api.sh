@@ -26,6 +26,8 @@
 #   PHASETUNE_BIN               the phasetune executable      (default: phasetune on PATH)
 set -eu
 
+. "$(dirname "$0")/ray-auth.sh"
+
 case "${PHASETUNE_API_PUBLISHED_ON:-127.0.0.1}" in
     127.*|localhost|::1) insecure="--insecure" ;;
     *) insecure="" ;;

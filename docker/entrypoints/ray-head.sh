@@ -43,6 +43,7 @@ elif [ -n "${PHASETUNE_RAY_DASHBOARD_PORT:-}" ]; then
 fi
 
 . "$(dirname "$0")/ray-node-args.sh"
+. "$(dirname "$0")/ray-auth.sh"
 opt ray-client-server-port "${PHASETUNE_RAY_CLIENT_SERVER_PORT:-}"
 
 # ARGS and PHASETUNE_RAY_EXTRA_ARGS hold no spaces inside one value: split on purpose.

@@ -47,6 +47,7 @@ while True:
 PY
 
 . "$(dirname "$0")/ray-node-args.sh"
+. "$(dirname "$0")/ray-auth.sh"
 
 BLOCK="--block"
 if [ "${PHASETUNE_RAY_BLOCK:-true}" = "false" ]; then

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from service.db import TOKEN_NAME_MAX, TokenRecord
+from service.settings import AuthMode
 
 TOKEN_PREFIX = "pt_"
 
@@ -40,12 +40,6 @@ class Scope(str, enum.Enum):
         return order.index(self) >= order.index(needed)
 
 
-class AuthMode(str, enum.Enum):
-    AUTO = "auto"  # on exactly when the API binds to a non-loopback address
-    ON = "on"
-    OFF = "off"  # honoured on loopback only: beyond it, only `serve --insecure` turns auth off
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -57,11 +51,7 @@ def is_loopback(host: str) -> bool:
 
 def auth_enabled(mode: AuthMode, host: str | None) -> bool:
     """Whether requests need a token, for an API bound to ``host`` (None: not bound, e.g. a test client)."""
-    if mode is AuthMode.ON:
-        return True
-    if host is not None and not is_loopback(host):
-        return True
-    return False
+    return mode is AuthMode.ON or (host is not None and not is_loopback(host))
 
 
 def _digest(token: str) -> str:
@@ -99,12 +89,12 @@ def active_tokens(engine: Engine) -> int:
 
 
 def scope_of(engine: Engine, token: str) -> Scope | None:
-    """The scope ``token`` grants (None: unknown or revoked). The digest is looked up by index and compared in
-    constant time, so the answer's timing says nothing about how close a guess was."""
-    wanted = _digest(token)
+    """The scope ``token`` grants (None: unknown or revoked). Looked up by its SHA-256, never by the token: what
+    the lookup's timing could depend on is the digest, which says nothing about how close a guess was to a token
+    (the usual constant-time comparison, without comparing secrets at all)."""
     with Session(engine) as session:
-        record = session.scalar(select(TokenRecord).where(TokenRecord.digest == wanted))
-    if record is None or record.revoked_at is not None or not hmac.compare_digest(record.digest, wanted):
+        record = session.scalar(select(TokenRecord).where(TokenRecord.digest == _digest(token)))
+    if record is None or record.revoked_at is not None:
         return None
     return Scope(record.scope)
 
@@ -121,7 +111,7 @@ def require(needed: Scope) -> Callable[..., None]:
     def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
         if not request.app.state.auth:
             return
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        if credentials is None:  # HTTPBearer gives None for a missing header and for another scheme
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a bearer token is needed (Authorization: Bearer ...)",
                                 headers={"WWW-Authenticate": "Bearer"})
         granted = scope_of(request.app.state.engine, credentials.credentials)

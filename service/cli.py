@@ -97,10 +97,11 @@ def _check_exposure(settings: Any, host: str, insecure: bool) -> None:
     unless told ``--insecure``; then say so loudly."""
     from service import auth
     from service.db import make_engine
+    from service.settings import AuthMode
 
     exposed = not auth.is_loopback(host) or not auth.is_loopback(settings.dashboard_host)
     if insecure:
-        if exposed or settings.auth is auth.AuthMode.ON:
+        if exposed or settings.auth is AuthMode.ON:
             print(f"phasetune: WARNING: --insecure: the API on {host} answers anyone who reaches it, without a "  # noqa: T201
                   f"token; the dashboard is on {settings.dashboard_host}", file=sys.stderr, flush=True)
         return
@@ -142,8 +143,7 @@ def cmd_token_list(args: argparse.Namespace) -> None:
     from service import auth
 
     for record in auth.list_tokens(_token_engine()):
-        summary = record.summary()
-        state = "revoked" if summary["revoked"] else "active"
+        state = "active" if record.revoked_at is None else "revoked"
         print(f"{record.id}\t{record.scope}\t{state}\t{record.created_at:%Y-%m-%d %H:%M}\t{record.name}")  # noqa: T201
 
 

@@ -70,6 +70,12 @@ class TokenRecord(Base):
                 "revoked": self.revoked_at is not None}
 
 
+def describe_error(err: Exception) -> str:
+    """A database error as one line (a driver's message runs to many, with the SQL and its parameters)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+
+
 def make_engine(url: str) -> Engine:
     return tune_sqlite(create_engine(url, **engine_kwargs(url)))
 

@@ -119,10 +119,9 @@ class Launcher:
         self.relaunched[study_name] = count
         if count > MAX_RELAUNCHES:
             logger.error("phasetune: study %r lost its driver %d times; failing it", study_name, count)
-            optuna_study.fail_study(
-                optuna.load_study(study_name=study_name, storage=self._storage),
-                f"its driver was lost {count} times (killed, or its node died, beyond Ray's restarts and "
-                f"{MAX_RELAUNCHES} relaunches by the API)")
+            optuna_study.fail_study(self._storage, study_name,
+                                    f"its driver was lost {count} times (killed, or its node died, beyond Ray's "
+                                    f"restarts and {MAX_RELAUNCHES} relaunches by the API)")
             return
         logger.warning("phasetune: study %r has no driver; relaunching it (%d of %d)", study_name, count,
                        MAX_RELAUNCHES)

@@ -18,7 +18,7 @@ from search_spaces import SpecError
 from service import probes, studies
 from service.auth import auth_enabled, without_auth
 from service.body_limit import BodyLimit
-from service.db import make_engine, migrate
+from service.db import describe_error, make_engine, migrate
 from service.docs import mount_docs
 from service.launcher import Launcher
 from service.probe_runner import ProbeRunner
@@ -57,11 +57,11 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
         app.state.storage = open_storage(settings.storage_url)
         app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
         app.state.probe_runner = ProbeRunner(app.state.engine) if run_studies else None
-        if app.state.launcher is not None:
+        if run_studies:
             app.state.launcher.start()
             app.state.probe_runner.start()
         yield
-        if app.state.launcher is not None:
+        if run_studies:
             app.state.probe_runner.close()
             app.state.launcher.close()
         app.state.engine.dispose()
@@ -99,9 +99,8 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     @app.exception_handler(optuna.exceptions.StorageInternalError)
     async def storage_down(_: Request, err: Exception) -> JSONResponse:
         # The database is unreachable or restarting: the client may retry; a failed write was rolled back.
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         return JSONResponse(status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                            content={"detail": f"the storage does not answer: {first}"})
+                            content={"detail": f"the storage does not answer: {describe_error(err)}"})
 
     @app.exception_handler(studies.StudyExists)
     async def exists(_: Request, err: studies.StudyExists) -> JSONResponse:

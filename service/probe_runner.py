@@ -47,8 +47,8 @@ class ProbeRunner:
 
     def start(self) -> None:
         """Fail the probes a previous API process left running (their waiter is gone), then start waiting."""
-        self._write(None, ProbeStatus.FAILED, error="the API stopped while the probe ran; run it again",
-                    where=ProbeRecord.status == ProbeStatus.RUNNING.value)
+        self._write(ProbeRecord.status == ProbeStatus.RUNNING.value, ProbeStatus.FAILED,
+                    error="the API stopped while the probe ran; run it again")
         self._thread.start()
 
     def submit(self, job: ProbeJob) -> None:
@@ -75,7 +75,7 @@ class ProbeRunner:
                 if now > deadline:
                     self._pending.pop(ref)
                     ray.cancel(ref, force=True)
-                    self._write(job.probe_id, ProbeStatus.FAILED,
+                    self._write(ProbeRecord.id == job.probe_id, ProbeStatus.FAILED,
                                 error=f"the probe did not finish within {TIMEOUT_S} s; is the cluster short of "
                                       f"{job.cpus:g} CPUs and {job.gpus:g} GPUs?")
 
@@ -90,7 +90,8 @@ class ProbeRunner:
                 ref = probing.start_probe(job.workload, job.seed, (job.kind,), cpus=job.cpus, gpus=job.gpus,
                                           data_root=job.data_root, **by_kind)  # type: ignore[arg-type]
             except Exception as err:  # noqa: BLE001  (the cluster could not take it: the record says why)
-                self._write(job.probe_id, ProbeStatus.FAILED, error=f"Ray could not start it: {err}")
+                self._write(ProbeRecord.id == job.probe_id, ProbeStatus.FAILED,
+                            error=f"Ray could not start it: {err}")
                 continue
             self._pending[ref] = (job, time.monotonic() + TIMEOUT_S)
 
@@ -99,18 +100,19 @@ class ProbeRunner:
         try:
             probes = ray.get(ref, timeout=0)
         except Exception as err:  # noqa: BLE001  (the probe's own error, or its node lost: recorded, not raised)
-            self._write(job.probe_id, ProbeStatus.FAILED, error=f"{type(err).__name__}: {str(err)[:2000]}")
+            self._write(ProbeRecord.id == job.probe_id, ProbeStatus.FAILED,
+                        error=f"{type(err).__name__}: {str(err)[:2000]}")
             return
         result = {**probes[job.kind.value], "units": probes["units"], "device": probes["device"]}
-        self._write(job.probe_id, ProbeStatus.DONE, result=result)
+        self._write(ProbeRecord.id == job.probe_id, ProbeStatus.DONE, result=result)
 
-    def _write(self, probe_id: int | None, status: ProbeStatus, *, result: dict[str, Any] | None = None,
-               error: str | None = None, where: Any = None) -> None:
-        condition = ProbeRecord.id == probe_id if where is None else where
+    def _write(self, rows: Any, status: ProbeStatus, *, result: dict[str, Any] | None = None,
+               error: str | None = None) -> None:
+        """Set the probe records that match ``rows`` (a SQL condition) to ``status``."""
         try:
             with Session(self._engine) as session:
-                session.execute(update(ProbeRecord).where(condition).values(status=status.value, result=result,
-                                                                             error=error))
+                session.execute(update(ProbeRecord).where(rows).values(status=status.value, result=result,
+                                                                        error=error))
                 session.commit()
         except Exception:  # noqa: BLE001  (the storage is down: the record stays running; /health says why)
-            logger.exception("phasetune: could not record probe %s as %s", probe_id, status.value)
+            logger.exception("phasetune: could not record probes %s as %s", rows, status.value)

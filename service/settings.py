@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.auth import AuthMode
 from workers.workloads.paths import default_data_root
 
 DATA_DIR = Path(".phasetune")
+
+
+class AuthMode(str, enum.Enum):
+    """``PHASETUNE_AUTH``: whether the API requires tokens (``service.auth``). Off is not a mode: beyond loopback
+    only ``serve --insecure`` serves without them, and on loopback ``auto`` already does."""
+
+    AUTO = "auto"  # on exactly when the API binds beyond loopback
+    ON = "on"
 
 
 class Settings(BaseSettings):

@@ -1,5 +1,5 @@
-"""API tokens over real HTTP (uvicorn on loopback, auth on, a real storage; no Ray), the CLI's token commands, and
-``serve``'s refusal to expose the API without one."""
+"""API tokens over real HTTP (uvicorn on loopback, auth on, a real storage; no Ray); in the slow tier (real
+``phasetune`` processes) the CLI's token commands and ``serve``'s refusal to expose the API without one."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.auth import AuthMode
+from service.auth import Scope, create_token
 from service.db import make_engine, migrate
 from service.main import create_app
-from service.settings import Settings
+from service.settings import AuthMode, Settings
 from tests.conftest import BIN, free_port, served_in_thread
 from tests.test_api_fast import small_spec
 
@@ -40,13 +40,12 @@ def api(module_storage_url: str, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tokens(api: str, module_storage_url: str) -> dict[str, str]:
-    """One token per scope, made with the CLI (as a user makes the first one: on the database)."""
-    made = {}
-    for scope in ("read", "write", "admin"):
-        done = _cli(module_storage_url, "token", "create", "--scope", scope, "--name", f"test {scope}")
-        assert done.returncode == 0, done.stderr
-        made[scope] = done.stdout.strip()
-        assert made[scope].startswith("pt_") and "shown only now" in done.stderr
+    """One token per scope, made on the database as `phasetune token create` makes them (the CLI itself is
+    exercised by the slow test below)."""
+    engine = make_engine(module_storage_url)
+    made = {scope.value: create_token(engine, scope, f"test {scope.value}")[1] for scope in Scope}
+    engine.dispose()
+    assert all(token.startswith("pt_") for token in made.values())
     return made
 
 
@@ -111,6 +110,7 @@ def test_tokens_are_stored_as_hashes_and_revoked_ones_refused(api, tokens, modul
     assert rows and not any(t in row for row in rows for t in [token, *tokens.values()])
 
 
+@pytest.mark.slow
 def test_the_cli_lists_revokes_and_sends_its_token(api, tokens, module_storage_url, tmp_path):
     if module_storage_url.startswith("postgresql"):
         pytest.skip("the CLI's side is the same on every storage (its token create ran on both): once, on SQLite")
@@ -130,6 +130,7 @@ def test_the_cli_lists_revokes_and_sends_its_token(api, tokens, module_storage_u
     assert _cli(module_storage_url, "list", "--api", api, PHASETUNE_TOKEN_FILE=str(token_file)).returncode == 0
 
     made = _cli(module_storage_url, "token", "create", "--scope", "read")
+    assert made.returncode == 0 and made.stdout.strip().startswith("pt_") and "shown only now" in made.stderr
     token_id = made.stderr.split("token ")[1].split(" ")[0]
     assert _cli(module_storage_url, "token", "revoke", token_id).returncode == 0
     assert _cli(module_storage_url, "list", "--api", api, PHASETUNE_TOKEN=made.stdout.strip()).returncode != 0
@@ -145,6 +146,7 @@ def test_openapi_documents_the_bearer_scheme_and_its_errors(api):
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
 
 
+@pytest.mark.slow
 def test_serve_beyond_loopback_without_a_token_refuses_to_start(tmp_path: Path):
     storage = f"sqlite:///{tmp_path / 'empty.db'}"
     env = {"PHASETUNE_RAY_ADDRESS": "127.0.0.1:1", "PHASETUNE_START_DASHBOARD": "false"}

@@ -10,10 +10,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from service.auth import AuthMode, Scope, create_token
+from service.auth import Scope, create_token
 from service.db import make_engine, migrate
 from service.main import create_app
-from service.settings import Settings
+from service.settings import AuthMode, Settings
 from tests.conftest import served_in_thread
 
 # The spec's schema does not describe the schedule language or each workload's params yet (they are validated by
@@ -22,7 +22,7 @@ NOT_YET = [positive_data_acceptance]
 EXAMPLES = 25  # per operation: bounded so that it fits CI on 2 cores
 
 
-@pytest.fixture(scope="module", params=[AuthMode.OFF, AuthMode.ON], ids=["auth-off", "auth-on"])
+@pytest.fixture(scope="module", params=[AuthMode.AUTO, AuthMode.ON], ids=["auth-off", "auth-on"])
 def served(request, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     workdir = tmp_path_factory.mktemp("fuzz")
     storage = f"sqlite:///{workdir / 'fuzz.db'}"

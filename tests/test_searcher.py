@@ -174,3 +174,19 @@ def test_trials_share_the_studys_seeds_unless_asked_otherwise(storage_url):
     assert len({c["seeds"]["init"] for c in configs}) == 3
     trials = optuna.load_study(study_name="robust", storage=storage_url).trials
     assert [t.user_attrs["seeds"] for t in trials] == [c["seeds"] for c in configs]
+
+
+def test_a_driver_whose_spec_no_longer_parses_fails_the_study_with_the_reason(storage_url, tmp_path):
+    """Whatever fails in a driver, the spec itself included, the study ends failed with its error and nothing of
+    it RUNNING: the failure is written without the spec."""
+    from workers.study_attrs import StudyStatus
+    from workers.tune_run import run_study
+
+    migrate(storage_url)
+    handle = _handle_for(storage_url, "unparseable", epochs="many")
+    stale = optuna.load_study(study_name="unparseable", storage=storage_url).ask()  # a previous driver's trial
+    assert run_study(handle, str(tmp_path)) is StudyStatus.FAILED
+    study = optuna.load_study(study_name="unparseable", storage=storage_url)
+    assert study.user_attrs[study_attrs.STATUS] == StudyStatus.FAILED.value
+    assert "epochs" in study.user_attrs[study_attrs.ERROR]
+    assert study.trials[stale.number].state is optuna.trial.TrialState.FAIL

@@ -139,11 +139,13 @@ def sweep_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
-def fail_study(study: optuna.Study, error: str) -> None:
-    """The study failed: its error and status go to the storage, and nothing of it stays RUNNING."""
-    study.set_user_attr(study_attrs.ERROR, error)
-    study.set_user_attr(study_attrs.STATUS, study_attrs.StudyStatus.FAILED.value)
-    sweep_stale_trials(study)
+def fail_study(storage: optuna.storages.BaseStorage, study_name: str, error: str) -> None:
+    """The study failed: its error and status go to the storage, and nothing of it stays RUNNING. Written without
+    its spec (the failure may be that the spec no longer parses), status before the sweep."""
+    study_id = storage.get_study_id_from_name(study_name)
+    storage.set_study_user_attr(study_id, study_attrs.ERROR, error)
+    storage.set_study_user_attr(study_id, study_attrs.STATUS, study_attrs.StudyStatus.FAILED.value)
+    sweep_stale_trials(optuna.load_study(study_name=study_name, storage=storage))
 
 
 def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, epoch: int, value: float) -> None:

@@ -144,7 +144,7 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
 def _record_failure(handle: StudyHandle, error: str) -> None:
     """The study failed: its error and status go to the storage, and nothing of it stays RUNNING."""
     try:
-        optuna_study.fail_study(handle.study, error)
+        optuna_study.fail_study(handle.storage, handle.study_name, error)
     except Exception:  # noqa: BLE001  (the storage itself failed: the log keeps the error, a restart retries)
         logger.exception("phasetune: study %r failed and the storage could not take all of it:\n%s",
                          handle.study_name, error)

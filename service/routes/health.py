@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.db import describe_error
 from service.deps import EngineDep, LauncherDep
 
 router = APIRouter(tags=["health"])
@@ -20,7 +21,7 @@ def health(engine: EngineDep, launcher: LauncherDep, response: Response) -> dict
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as err:
-        problems.append(f"storage: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        problems.append(f"storage: {describe_error(err)}")
     connected = launcher is not None and launcher.connected.is_set()
     if launcher is not None and not connected:
         problems.append(f"ray: not connected ({launcher.ray_error or 'connecting'})")

@@ -1,4 +1,4 @@
-"""The one error a study spec can raise: it names the offending field."""
+"""The errors a study spec can raise: each names the offending field."""
 
 from __future__ import annotations
 
@@ -17,4 +17,15 @@ class SpecError(ValueError):
 
     def under(self, *prefix: str | int) -> SpecError:
         """The same error, located under ``prefix`` (callers validate sub-specs with relative paths)."""
-        return SpecError((*prefix, *self.loc), self.msg)
+        return type(self)((*prefix, *self.loc), self.msg)
+
+
+class RuleError(SpecError):
+    """A spec that breaks a rule the published JSON Schema cannot state: across fields (``low <= high``), or
+    against the study, the workload or the machine (transition epochs within the study's epochs, a duration of at
+    least one of the workload's steps, a data path that exists). Every other SpecError is one the schema states
+    too, so a request the schema accepts is refused only for a RuleError."""
+
+    @classmethod
+    def of(cls, err: SpecError) -> RuleError:
+        return cls(err.loc, err.msg)

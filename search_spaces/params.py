@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from search_spaces.errors import SpecError
+from search_spaces.errors import RuleError, SpecError
 
 Scalar = float | int | bool | str
 MAX_CHOICES = 1000  # a categorical this long is a list to sweep, not a search space
@@ -87,19 +87,19 @@ def parse(raw: Any, loc: tuple = ()) -> Param:
                 raise SpecError((*loc, key), "is required in a range")
         low, high = _number(raw["low"], (*loc, "low")), _number(raw["high"], (*loc, "high"))
         if low > high:
-            raise SpecError((*loc, "low"), f"low ({low}) must be <= high ({high})")
+            raise RuleError((*loc, "low"), f"low ({low}) must be <= high ({high})")
         log = raw.get("log", False)
         if not isinstance(log, bool):
             raise SpecError((*loc, "log"), "must be true or false")
         if log and low <= 0:
-            raise SpecError((*loc, "low"), f"a log range needs low > 0, got {low}")
+            raise RuleError((*loc, "low"), f"a log range needs low > 0, got {low}")
         step = raw.get("step")
         if step is not None:
             step = _number(step, (*loc, "step"))
             if step <= 0:
                 raise SpecError((*loc, "step"), f"must be > 0, got {step}")
             if log:
-                raise SpecError((*loc, "step"), "a range cannot be both log and stepped")
+                raise RuleError((*loc, "step"), "a range cannot be both log and stepped")
         unit = raw.get("unit")
         if unit is not None and not isinstance(unit, str):
             raise SpecError((*loc, "unit"), "must be a string")

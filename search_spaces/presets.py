@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces import params, segment
-from search_spaces.errors import SpecError
+from search_spaces.errors import RuleError, SpecError
 from search_spaces.units import UNITS
 
 PRESET = "preset"
@@ -74,7 +74,7 @@ def validate(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> Non
         if key != PRESET and key not in REGIMES_OPTIONS:
             raise SpecError((key,), f"unknown option of preset {name!r}; expected one of {sorted(REGIMES_OPTIONS)}")
     if epochs < 2:
-        raise SpecError((PRESET,), f"preset {name!r} has two phases and needs epochs >= 2, got {epochs}")
+        raise RuleError((PRESET,), f"preset {name!r} has two phases and needs epochs >= 2, got {epochs}")
     upper = space.get("phase1_upper", 1.0)
     if isinstance(upper, bool) or not isinstance(upper, (int, float)) or not 0 < upper <= 1:
         raise SpecError(("phase1_upper",), f"must be a number in (0, 1], got {upper!r}")
@@ -90,7 +90,7 @@ def validate(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> Non
         raise SpecError(("transition_epoch",), "must be a number of epochs or a range without a unit")
     for value in params.candidates(transition):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= epochs - 1:
-            raise SpecError(("transition_epoch",), f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got {value!r}")
+            raise RuleError(("transition_epoch",), f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got {value!r}")
     # The expansion with nominal units must be a valid phases space (a safety net: the checks above name options).
     nominal = {"lr_crit": 1.0, "lr_div": 2.0 / upper}
     for i, phase in enumerate(expand(space, epochs, nominal)["phases"]):

@@ -20,21 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import params, units
-from search_spaces.errors import SpecError
+from search_spaces.errors import RuleError, SpecError
 from search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
-from search_spaces.families.base import check_value, non_negative, one_of, positive
+from search_spaces.families.base import check_value, integral, momentum_range, non_negative, one_of, positive
 from search_spaces.families.warmup import WARMUP_FIELDS, Warmup
-
-
-def _momentum(v: Any) -> str | None:
-    return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
-
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 OPTIMIZER_FIELDS: dict[str, Field] = {
     "optimizer": Field("str", "sgd", one_of(*OPTIMIZERS)),
     # None leaves momentum (Adam's beta1) at the optimizer's default.
-    "momentum": Field("float", None, _momentum),
+    "momentum": Field("float", None, momentum_range),
     "nesterov": Field("bool", False),
     "weight_decay": Field("float", 0.0, non_negative),
     # At a phase boundary the optimizer starts fresh (a new algorithm, as in the two-regimes paper) unless this is set.
@@ -42,7 +37,7 @@ OPTIMIZER_FIELDS: dict[str, Field] = {
 }
 WARMUP = "warmup"
 EFFECTIVE_LR = "effective_lr"
-EFFECTIVE_LR_FIELD = Field("float", check=positive)
+EFFECTIVE_LR_FIELD = Field("float", check=positive, required=True)  # given, it is a number
 
 
 @dataclass(frozen=True)
@@ -124,8 +119,8 @@ def validate(spec: Any, loc: tuple, span_epochs: float, steps_per_epoch: int, de
     for corner in corners:
         try:
             build(family.name, corner, horizon)
-        except SpecError as err:
-            raise err.under(*loc) from None
+        except SpecError as err:  # every value passed its own check: what fails here relates fields or the span
+            raise RuleError.of(err).under(*loc) from None
 
 
 def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any, loc: tuple) -> None:
@@ -146,8 +141,10 @@ def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: 
         return
     if "lr" not in family.fields:
         raise SpecError((*loc, EFFECTIVE_LR), f"family {family.name!r} has no 'lr' to reparameterise")
-    if spec.get("momentum") is None:
-        raise SpecError((*loc, "momentum"), "is required with 'effective_lr' (lr = effective_lr * (1 - momentum))")
+    momentum = spec.get("momentum")
+    if momentum is None or None in params.candidates(params.parse(momentum, (*loc, "momentum"))):
+        raise SpecError((*loc, "momentum"), "is required with 'effective_lr' (lr = effective_lr * (1 - momentum)), "
+                                            "and cannot be null")
     if "lr" in spec and not _recorded_pair(spec):
         raise SpecError((*loc, EFFECTIVE_LR), "give either 'lr' or 'effective_lr', not both")
 
@@ -208,6 +205,9 @@ def sample(trial: params.TrialLike, spec: Mapping[str, Any], prefix: str, defaul
             concrete[key] = field.default
             continue
         parsed = _parse_field(field, spec[key], (key,))
+        if field.kind == "int" and isinstance(parsed, params.Range):  # 2.0 to 5.0 is an int range (validated)
+            parsed = params.Range(integral(parsed.low), integral(parsed.high), parsed.log,
+                                  None if parsed.step is None else integral(parsed.step), parsed.unit)
         if isinstance(parsed, list):
             concrete[key] = _sample_increasing(trial, f"{prefix}{key}", parsed, units)
         else:
@@ -252,7 +252,8 @@ def optimizer_settings(concrete: Mapping[str, Any]) -> OptimizerSettings:
 def build(family_name: str, concrete: Mapping[str, Any], horizon: Horizon) -> LRSchedule:
     """The family's schedule over ``horizon`` from a concrete segment (optimizer keys are ignored here)."""
     family = FAMILIES[family_name]
-    own = {k: concrete.get(k, f.default) for k, f in family.fields.items()}
+    own = {k: integral(concrete.get(k, f.default)) if f.kind == "int" else concrete.get(k, f.default)
+           for k, f in family.fields.items()}
     if EFFECTIVE_LR in concrete and "lr" in family.fields:
         own["lr"] = _lr_from_effective(concrete)
     for key, field in family.fields.items():

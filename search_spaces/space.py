@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces import params, presets, segment, units
-from search_spaces.errors import SpecError
+from search_spaces.errors import RuleError, SpecError
 
 PHASES = "phases"
 # Limits that keep a spec (stored, returned by every read, expanded per trial) small; far above real searches.
@@ -57,7 +57,7 @@ def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int
         raise SpecError(("phases",), f"at most {MAX_PHASES} phases, got {len(phases)}")
     transitions = space.get("transition_epochs", [])
     if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
-        raise SpecError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
+        raise RuleError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
     bounds = [(0, 0), *_transition_bounds(transitions, epochs), (epochs, epochs)]
     for i, phase in enumerate(phases):
         # Checked over the longest span the phase can get: what fails there fails in every trial, so it is refused
@@ -78,11 +78,11 @@ def _transition_bounds(transitions: list[Any], epochs: int) -> list[tuple[float,
         units.check(parsed, "transition_epochs", loc)
         low, high = _bounds(parsed, loc)
         if low < 1 or high > epochs - 1:
-            raise SpecError(loc, f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got [{low}, {high}]")
+            raise RuleError(loc, f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got [{low}, {high}]")
         if previous is not None:
             prev_low, prev_high = _bounds(previous, loc)
             if low <= prev_low or high <= prev_high:
-                raise SpecError(loc, "transition epochs must be strictly increasing")
+                raise RuleError(loc, "transition epochs must be strictly increasing")
         previous = parsed
         found.append((low, high))
     return found

@@ -15,12 +15,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from search_spaces import SpecError
+from search_spaces.errors import RuleError
 from service import probes, studies
 from service.auth import auth_enabled, without_auth
 from service.body_limit import BodyLimit
 from service.db import describe_error, make_engine, migrate
 from service.docs import mount_docs
 from service.launcher import Launcher
+from service.openapi import publish_spec_language
 from service.probe_runner import ProbeRunner
 from service.routes import health
 from service.routes import probes as probes_routes
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
                   responses={503: {"description": "the storage does not answer (retry later); nothing was stored"}},
                   description="Hyperparameter search over training schedules, on Ray Tune and Optuna.")
     mount_docs(app)
+    publish_spec_language(app)
     app.state.auth = not insecure and auth_enabled(settings.auth, host)
     if not app.state.auth:
         without_auth(app)
@@ -91,7 +94,9 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, err: SpecError) -> JSONResponse:
         # The same shape as FastAPI's own validation errors, so clients parse one format.
-        detail = [{"loc": ["body", *err.loc], "msg": err.msg, "type": "value_error"}]
+        # rule_error: a rule the published schema cannot state (search_spaces.errors.RuleError).
+        kind = "rule_error" if isinstance(err, RuleError) else "value_error"
+        detail = [{"loc": ["body", *err.loc], "msg": err.msg, "type": kind}]
         return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
 
     @app.exception_handler(OperationalError)

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from search_spaces import SpecError
+from search_spaces.errors import RuleError
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
 from service.launcher import Launcher
@@ -42,9 +43,9 @@ def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRange
         options = options_cls(**model.model_validate(raw).model_dump())
     except ValidationError as err:
         first = err.errors()[0]
-        raise SpecError(("options", *first["loc"]), first["msg"]) from None
+        raise RuleError(("options", *first["loc"]), first["msg"]) from None  # which options depends on kind
     if isinstance(options, LRRangeOptions) and options.lr_low >= options.lr_high:
-        raise SpecError(("options", "lr_low"), f"must be < lr_high ({options.lr_high}), got {options.lr_low}")
+        raise RuleError(("options", "lr_low"), f"must be < lr_high ({options.lr_high}), got {options.lr_low}")
     return options
 
 
@@ -58,9 +59,9 @@ def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, run
     try:
         probing.check_supported(request.kind, spec.name, spec.loss_kind)
     except probing.ProbeUnsupported as err:
-        raise SpecError(("kind",), str(err)) from None
+        raise RuleError(("kind",), str(err)) from None
     options = _options(request.kind, request.options)
-    if runner is None or launcher is None or not launcher.connected.is_set():
+    if runner is not None and (launcher is None or not launcher.connected.is_set()):
         raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
     workload = {"name": request.workload.name, "params": request.workload.params}
     resources = {"cpu": request.resources.cpu, "gpu": request.resources.gpu}
@@ -71,8 +72,9 @@ def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, run
         session.commit()
         session.refresh(record)
         out = _out(record)
-    runner.submit(ProbeJob(out.id, request.kind, workload, request.seed, options, request.resources.cpu,
-                           request.resources.gpu, settings.data_root))
+    if runner is not None:  # an app that runs nothing (run_studies=False) stores the probe, as it does studies
+        runner.submit(ProbeJob(out.id, request.kind, workload, request.seed, options, request.resources.cpu,
+                               request.resources.gpu, settings.data_root))
     return out
 
 

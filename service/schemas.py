@@ -1,20 +1,23 @@
 """Pydantic models of the API edge: the JSON shapes a client sends and gets back.
 
 They check shapes and simple bounds (so a 422 names the field); the defaults are the domain's (``workers.spec``,
-``search_spaces.probes``), read from there, so that each default has one owner. ``schedule`` is checked by
-``search_spaces`` (it is recursive), the rest of the meaning by ``StudySpec.parse``.
+``search_spaces.probes``), read from there, so that each default has one owner. ``schedule`` and the workload's
+params are checked by the domain (``search_spaces``, the workload registry), whose schemas ``service.openapi``
+publishes; the rest of the meaning by ``StudySpec.parse``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from search_spaces.families.base import MAX_EPOCHS
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.auth import Scope
 from service.db import TOKEN_NAME_MAX, ProbeStatus
+from service.openapi import SCHEDULE_FIELD
 from workers.early_stopping import EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
@@ -95,9 +98,9 @@ class StudyCreate(BaseModel):
     model_config = INPUT
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     workload: WorkloadIn
-    epochs: int = Field(ge=1, le=100_000)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
     objective: ObjectiveIn
-    schedule: dict[str, Any]
+    schedule: Annotated[dict[str, Any], WithJsonSchema(SCHEDULE_FIELD)]
     n_trials: int = Field(ge=1, le=100_000)
     max_concurrent_trials: int = Field(StudySpec.max_concurrent_trials, ge=1, le=MAX_CONCURRENT_TRIALS,
                                        description="at most this many trials at once, and at most as many as the "

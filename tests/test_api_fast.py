@@ -16,6 +16,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from search_spaces import FAMILIES
 from service.main import create_app
 from service.settings import Settings
 from tests.data_helpers import make_npz
@@ -324,9 +325,23 @@ def test_invalid_probe_gets_422_naming_the_field(client, body, loc):
     assert loc in [d["loc"] for d in response.json()["detail"]], response.text
 
 
-def test_probes_without_a_cluster_are_503_and_unknown_ones_404(client):
-    response = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
+def test_probes_wait_for_no_cluster_and_unknown_ones_404(client):
+    """An app that runs nothing (run_studies=False) stores a probe, as it stores studies; one that runs probes
+    but has no Ray cluster connected yet answers 503 (retry) and stores nothing."""
+    from service.launcher import Launcher
+    from service.probe_runner import ProbeRunner
+
+    stored = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
+    assert stored.status_code == 202 and stored.json()["status"] == "running", stored.text
+    assert client.get(f"/probes/{stored.json()['id']}").json()["status"] == "running"
+    state = client.app.state
+    state.launcher, state.probe_runner = Launcher(state.settings, state.storage), ProbeRunner(state.engine)
+    try:
+        response = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
+    finally:
+        state.launcher = state.probe_runner = None
     assert response.status_code == 503 and "Ray" in response.json()["detail"]
+    assert client.get(f"/probes/{stored.json()['id'] + 1}").status_code == 404  # nothing was stored
     assert client.get("/probes/987654").status_code == 404
     assert client.get(f"/probes/{2**40}").status_code == 404
 
@@ -340,6 +355,32 @@ def test_a_body_over_the_cap_is_413_and_not_echoed(client, chunked):
     assert response.status_code == 413, response.text[:300]
     assert "PHASETUNE_MAX_BODY_BYTES" in response.json()["detail"] and len(response.content) < 1000
     assert all(s["name"] != "huge" for s in client.get("/studies").json())
+
+
+@pytest.mark.parametrize("depth", [40, 200_000])
+def test_a_body_nested_too_deep_is_a_422_and_not_stored(client, depth):
+    """JSON nested beyond MAX_DEPTH is refused before it is parsed (or stored): a 422 naming
+    the body, where the parser's recursion used to answer an undocumented 400."""
+    spec = json.dumps(small_spec(f"deep-{depth}"))
+    body = spec[:-1] + ', "colour": ' + "[" * depth + "]" * depth + "}"
+    response = client.post("/studies", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["detail"][0]["loc"] == ["body"] and "nested" in response.json()["detail"][0]["msg"]
+    assert all(s["name"] != f"deep-{depth}" for s in client.get("/studies").json())
+    nested = json.loads(spec)
+    nested["workload"]["params"] = {"noise": 0.1}
+    nested["schedule"] = {"choices": [{"family": "phases", "phases": [{"lr": {"choices": [0.1, 0.2]}}]}]}
+    assert client.post("/studies", json=nested).status_code == 201  # a real spec is far from the cap
+
+
+def test_openapi_states_the_schedule_language_and_each_workloads_params(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert components["StudyCreate"]["properties"]["schedule"] == {"$ref": "#/components/schemas/Schedule"}
+    assert {f"Segment.{name}" for name in FAMILIES} | {"Phases", "Preset", "Warmup"} <= set(components)
+    names = {option["properties"]["name"]["const"] for option in components["WorkloadIn"]["anyOf"]}
+    assert {"quadratic", "ps10", "digits"} <= names
+    assert "val_accuracy" in components["ObjectiveIn"]["properties"]["metric"]["enum"]
 
 
 def test_openapi_documents_the_errors(client):

@@ -180,6 +180,7 @@ INVALID = [
     ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "ramp": "linear"}}, ("warmup", "ramp")),
     ({"family": "cosine", "lr": 0.1, "warmup": {"start_factor": 0.1}}, ("warmup", "epochs")),
     ({"family": "cosine", "effective_lr": 1.0}, ("momentum",)),
+    ({"family": "autodecay", "effective_lr": 0.1, "momentum": {"choices": [None, 0.9]}}, ("momentum",)),
     ({"family": "cosine", "lr": 0.5, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
     ({"family": "onecycle", "max_lr": 0.1, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
     ({"family": "cosine", "effective_lr": -1.0, "momentum": 0.9}, ("effective_lr",)),

@@ -217,7 +217,7 @@ def test_resolve_fills_defaults() -> None:
         ("ps10", {"noise": 1.0}, ("params", "noise")),
         ("ps10", {"noise": -0.1}, ("params", "noise")),
         ("ps10", {"noise": "0.1"}, ("params", "noise")),
-        ("ps10", {"n_train": 100.0}, ("params", "n_train")),
+        ("ps10", {"n_train": 100.5}, ("params", "n_train")),  # 100.0 is 100 (JSON Schema calls it an integer)
         ("ps10", {"n_val": 0}, ("params", "n_val")),
         ("ps10", {"batch_size": 0}, ("params", "batch_size")),
         ("ps10", {"bandwidth": 0.0}, ("params", "bandwidth")),

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import SpecError
+from search_spaces.errors import RuleError
 
 RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
 DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoch, score, reason, ...}
@@ -78,7 +79,7 @@ class EarlyStopping:
         allowed = OPTIONS[policy]
         for key in raw:
             if key not in allowed:
-                raise SpecError(("early_stopping", key), f"not an option of policy {policy.value!r}; its options: "
+                raise RuleError(("early_stopping", key), f"not an option of policy {policy.value!r}; its options: "
                                                          f"{sorted(allowed) or 'none'}")
         values = {name: raw[name] for name in allowed if name in raw}
         for name, value in values.items():

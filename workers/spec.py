@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from search_spaces import SpecError, presets, validate_schedule
+from search_spaces.errors import RuleError
 from workers.early_stopping import EarlyStopping, Policy
 from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
 from workers.workloads import resolve_runtime, workload_steps
@@ -98,11 +99,11 @@ class StudySpec:
         except SpecError as err:
             raise err.under("schedule") from None
         if "lr_crit" in presets.required_units(raw["schedule"]) and workload.loss_kind is None:
-            raise SpecError(("schedule",), f"ranges in units of lr_crit need the curvature probe, which does not "
+            raise RuleError(("schedule",), f"ranges in units of lr_crit need the curvature probe, which does not "
                                            f"know workload {workload.name!r}'s loss (it declares no loss_kind)")
         early_stopping = EarlyStopping.parse(raw.get("early_stopping"))
         if early_stopping.policy is not Policy.NONE and not early_stopping.rungs(epochs):
-            raise SpecError(("early_stopping", "grace_period"),
+            raise RuleError(("early_stopping", "grace_period"),
                             f"must be below epochs ({epochs}): at {early_stopping.grace_period} no trial is judged")
         sampler = raw.get("sampler") or {}
         policy = raw.get("seed_policy") or {}
@@ -129,7 +130,7 @@ class StudySpec:
         """The limits that protect the machine, checked at submission (a study stored before a limit changed
         still runs): SpecError naming the field."""
         if self.epochs * self.n_trials > MAX_EPOCH_TRIALS:
-            raise SpecError(("n_trials",), f"epochs × n_trials = {self.epochs * self.n_trials:,} exceeds the limit "
+            raise RuleError(("n_trials",), f"epochs × n_trials = {self.epochs * self.n_trials:,} exceeds the limit "
                                            f"of {MAX_EPOCH_TRIALS:,} epochs per study")
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def _objective(raw: Mapping[str, Any], reported: Mapping[str, bool], workload: s
     metric = raw["metric"]
     if metric not in reported:
         why = " (test metrics are reported once, at the end: never an objective)" if metric.startswith("test_") else ""
-        raise SpecError(("objective", "metric"), f"workload {workload!r} reports {list(reported)} every epoch, "
+        raise RuleError(("objective", "metric"), f"workload {workload!r} reports {list(reported)} every epoch, "
                                                  f"not {metric!r}{why}")
     direction = raw.get("direction")
     if direction is None:

@@ -7,7 +7,7 @@ dict whose durations are in epochs (fractional allowed) and a ``Horizon`` that c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -37,15 +37,70 @@ class Horizon:
         return self.total_steps / self.steps_per_epoch
 
 
-Check = Callable[[Any], str | None]
+@dataclass(frozen=True)
+class Interval:
+    """The numbers a field allows: one statement gives the check at submission and the JSON Schema the API
+    publishes, so the two cannot drift. A list value (e.g. milestones) is checked element by element."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+
+    def __call__(self, value: Any) -> str | None:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                return f"must list numbers, got {item!r}"
+            if not self.contains(item):
+                return f"must be {self.describe()}, got {item}"
+        return None
+
+    def contains(self, v: float) -> bool:
+        above = self.low is None or (v > self.low if self.open_low else v >= self.low)
+        below = self.high is None or (v < self.high if self.open_high else v <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            text = f"{'>' if self.open_low else '>='} {self.low:g}"
+        elif self.low is None:
+            text = f"{'<' if self.open_high else '<='} {self.high:g}"
+        else:
+            text = f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {}
+        if self.low is not None:
+            schema["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        if self.high is not None:
+            schema["exclusiveMaximum" if self.open_high else "maximum"] = self.high
+        return schema
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The values a string field allows (its check and its JSON Schema ``enum``)."""
+
+    allowed: tuple[Any, ...]
+
+    def __call__(self, value: Any) -> str | None:
+        return None if value in self.allowed else f"must be one of {list(self.allowed)}, got {value!r}"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"enum": list(self.allowed)}
+
+
+Check = Interval | OneOf
 
 
 @dataclass(frozen=True)
 class Field:
-    """One parameter of a family: its JSON kind, default (``REQUIRED`` if none) and a per-value rule.
+    """One parameter of a family: its JSON kind, default, whether required, and the values it allows.
 
-    ``check`` returns an error message or None; it runs on every value a spec can take (constants, choices,
-    range ends), so invalid ranges are refused at submission, before any trial runs.
+    ``check`` runs on every value a spec can take (constants, choices, range ends), so invalid ranges are refused
+    at submission, before any trial runs; it also states the field's bounds in the published JSON Schema.
     """
 
     kind: str  # "float" | "int" | "bool" | "str" | "list"
@@ -54,23 +109,18 @@ class Field:
     required: bool = False
 
 
-def positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v}"
+MAX_EPOCHS = 100_000  # the longest study; a duration beyond it would never end (and overflows step counts)
+positive = Interval(0, open_low=True)
+duration = Interval(0, MAX_EPOCHS, open_low=True, note="epochs")
+non_negative = Interval(0)
+in_unit_interval = Interval(0, 1)
+open_unit_interval = Interval(0, 1, open_low=True, open_high=True)
+momentum_range = Interval(0, 1, open_high=True)  # a momentum (or beta1) of 1 never forgets
+decay_factor = Interval(0, 1, open_low=True)
 
 
-def non_negative(v: Any) -> str | None:
-    return None if v >= 0 else f"must be >= 0, got {v}"
-
-
-def in_unit_interval(v: Any) -> str | None:
-    return None if 0 <= v <= 1 else f"must be in [0, 1], got {v}"
-
-
-def one_of(*allowed: Any) -> Check:
-    def check(v: Any) -> str | None:
-        return None if v in allowed else f"must be one of {list(allowed)}, got {v!r}"
-
-    return check
+def one_of(*allowed: Any) -> OneOf:
+    return OneOf(allowed)
 
 
 _KIND_TYPES: dict[str, tuple[type, ...]] = {
@@ -82,9 +132,17 @@ _KIND_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def integral(value: Any) -> Any:
+    """An integral float as the int it is (JSON does not tell 5 from 5.0, and JSON Schema calls both integers);
+    anything else as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def check_value(field: Field, value: Any, loc: tuple) -> None:
     """Refuse a concrete value of the wrong kind or one that breaks the field's rule."""
     types = _KIND_TYPES[field.kind]
+    if field.kind == "int":
+        value = integral(value)
     if not isinstance(value, types) or (field.kind in ("float", "int") and isinstance(value, bool)):
         raise SpecError(loc, f"must be of kind {field.kind}, got {value!r}")
     if field.check is not None and (msg := field.check(value)) is not None:

@@ -8,21 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, one_of, positive, register
+from search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    decay_factor,
+    duration,
+    momentum_range,
+    one_of,
+    positive,
+    register,
+)
 
 MODES = ("triangular", "triangular2", "exp_range")
-
-
-def _momentum(v: Any) -> str | None:
-    return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
-
-
-def _decay_factor(v: Any) -> str | None:
-    return None if 0 < v <= 1 else f"must be in (0, 1], got {v}"
-
-
-def _optional_positive(v: Any) -> str | None:
-    return None if v is None else positive(v)
 
 
 @register
@@ -53,13 +52,13 @@ class Cyclic(LRSchedule):
     fields = {
         "base_lr": Field("float", required=True, check=positive),
         "max_lr": Field("float", required=True, check=positive),
-        "step_size_up": Field("float", required=True, check=positive),  # epochs
-        "step_size_down": Field("float", None, check=_optional_positive),  # epochs; None: same as up
+        "step_size_up": Field("float", required=True, check=duration),
+        "step_size_down": Field("float", None, check=duration),  # None: same as up
         "mode": Field("str", "triangular", check=one_of(*MODES)),
-        "gamma": Field("float", 1.0, check=_decay_factor),  # exp_range only, per epoch
+        "gamma": Field("float", 1.0, check=decay_factor),  # exp_range only, per epoch
         "cycle_momentum": Field("bool", False),
-        "base_momentum": Field("float", 0.8, check=_momentum),
-        "max_momentum": Field("float", 0.9, check=_momentum),
+        "base_momentum": Field("float", 0.8, check=momentum_range),
+        "max_momentum": Field("float", 0.9, check=momentum_range),
     }
 
     @classmethod

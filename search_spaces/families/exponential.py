@@ -6,11 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
-
-
-def _decay_factor(v: Any) -> str | None:
-    return None if 0 < v <= 1 else f"must be in (0, 1], got {v}"
+from search_spaces.families.base import Field, Horizon, LRSchedule, Point, decay_factor, positive, register
 
 
 @register
@@ -28,7 +24,7 @@ class Exponential(LRSchedule):
     name = "exponential"
     fields = {
         "lr": Field("float", required=True, check=positive),
-        "gamma": Field("float", required=True, check=_decay_factor),  # per epoch
+        "gamma": Field("float", required=True, check=decay_factor),  # per epoch
     }
 
     @classmethod

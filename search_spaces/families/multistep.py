@@ -8,15 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
-
-
-def _positive_epochs(v: Any) -> str | None:
-    """Milestones may be given whole (a list) or element-wise (each a number or a range)."""
-    for item in v if isinstance(v, list) else [v]:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item <= 0:
-            return f"milestones must be numbers of epochs > 0, got {item!r}"
-    return None
+from search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
 
 
 @register
@@ -36,7 +28,7 @@ class MultiStep(LRSchedule):
     name = "multistep"
     fields = {
         "lr": Field("float", required=True, check=positive),
-        "milestones": Field("list", required=True, check=_positive_epochs),  # epochs
+        "milestones": Field("list", required=True, check=duration),
         "gamma": Field("float", 0.1, check=positive),
     }
 
@@ -45,7 +37,7 @@ class MultiStep(LRSchedule):
         milestones = list(params["milestones"])
         if not milestones:
             raise SpecError(("milestones",), "must list at least one epoch")
-        if (msg := _positive_epochs(milestones)) is not None:
+        if (msg := positive(milestones)) is not None:
             raise SpecError(("milestones",), msg)
         steps = [horizon.steps(m) for m in milestones]
         for i in range(1, len(steps)):

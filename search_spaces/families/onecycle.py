@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, one_of, positive, register
-
-
-def _open_unit(v: Any) -> str | None:
-    return None if 0 < v < 1 else f"must be in (0, 1), got {v}"
-
-
-def _momentum(v: Any) -> str | None:
-    return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
+from search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    momentum_range,
+    one_of,
+    open_unit_interval,
+    positive,
+    register,
+)
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,14 @@ class OneCycle(LRSchedule):
     name = "onecycle"
     fields = {
         "max_lr": Field("float", required=True, check=positive),
-        "pct_start": Field("float", 0.3, check=_open_unit),
+        "pct_start": Field("float", 0.3, check=open_unit_interval),
         "div_factor": Field("float", 25.0, check=positive),
         "final_div_factor": Field("float", 1e4, check=positive),
         "anneal_strategy": Field("str", "cos", check=one_of("cos", "linear")),
         "three_phase": Field("bool", False),
         "cycle_momentum": Field("bool", True),
-        "base_momentum": Field("float", 0.85, check=_momentum),
-        "max_momentum": Field("float", 0.95, check=_momentum),
+        "base_momentum": Field("float", 0.85, check=momentum_range),
+        "max_momentum": Field("float", 0.95, check=momentum_range),
     }
 
     @classmethod

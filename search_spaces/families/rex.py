@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from search_spaces.families.annealing import Annealing
-from search_spaces.families.base import Field, register
-
-
-def _alpha(v: Any) -> str | None:
-    return None if 0 <= v < 1 else f"must be in [0, 1) (0.5 as published, 0.9 as in the authors' code), got {v}"
+from search_spaces.families.base import Field, Interval, register
 
 
 @register
@@ -25,7 +20,9 @@ class Rex(Annealing):
 
     alpha: float
     name = "rex"
-    fields = {**Annealing.fields, "alpha": Field("float", 0.5, check=_alpha)}
+    fields = {**Annealing.fields,
+              "alpha": Field("float", 0.5, check=Interval(0, 1, open_high=True,
+                                                          note="0.5 as published, 0.9 as in the authors' code"))}
 
     def rho(self, z: float) -> float:
         return (1.0 - z) / (1.0 - self.alpha * z)

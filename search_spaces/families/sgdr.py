@@ -9,11 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, non_negative, positive, register
-
-
-def _growth(v: Any) -> str | None:
-    return None if v >= 1 else f"must be >= 1 (cycles cannot shrink), got {v}"
+from search_spaces.families.base import (
+    Field,
+    Horizon,
+    Interval,
+    LRSchedule,
+    Point,
+    duration,
+    non_negative,
+    positive,
+    register,
+)
 
 
 @register
@@ -36,8 +42,8 @@ class SGDR(LRSchedule):
     name = "sgdr"
     fields = {
         "lr": Field("float", required=True, check=positive),
-        "t_0": Field("float", required=True, check=positive),  # epochs
-        "t_mult": Field("float", 1.0, check=_growth),
+        "t_0": Field("float", required=True, check=duration),
+        "t_mult": Field("float", 1.0, check=Interval(1, note="cycles cannot shrink")),
         "eta_min": Field("float", 0.0, check=non_negative),
     }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
+from search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
 
 
 @register
@@ -26,7 +26,7 @@ class Step(LRSchedule):
     name = "step"
     fields = {
         "lr": Field("float", required=True, check=positive),
-        "step_size": Field("float", required=True, check=positive),  # epochs
+        "step_size": Field("float", required=True, check=duration),
         "gamma": Field("float", 0.1, check=positive),
     }
 

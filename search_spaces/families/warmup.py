@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, in_unit_interval, positive
+from search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, in_unit_interval
 
 WARMUP_FIELDS: dict[str, Field] = {
-    "epochs": Field("float", required=True, check=positive),
+    "epochs": Field("float", required=True, check=duration),
     "start_factor": Field("float", 0.0, check=in_unit_interval),
 }
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from search_spaces.errors import SpecError
+from search_spaces.families.base import integral
 
 # The losses whose output Hessian the curvature probe knows (``search_spaces.probes.LOSS_KINDS``):
 #   "cross_entropy": mean softmax cross-entropy over the batch, targets are class indices;
@@ -78,10 +79,28 @@ class Param:
             return self.kind
         return {bool: "bool", int: "int", float: "float"}.get(type(self.default), "str")
 
+    def json_schema(self) -> dict[str, Any]:
+        """What ``check`` allows, as JSON Schema (the API publishes it)."""
+        kind = self.type_name
+        schema: dict[str, Any] = {"type": {"int": "integer", "float": "number", "bool": "boolean"}.get(kind, "string")}
+        if self.low is not None:
+            schema["minimum"] = self.low
+        if self.high is not None:
+            schema["maximum"] = self.high
+        if self.choices is not None:
+            schema["enum"] = list(self.choices)
+        if not self.required:
+            schema["default"] = self.default
+        if self.help or kind == "path":
+            schema["description"] = self.help + (" (a path relative to the data root)" if kind == "path" else "")
+        return schema
+
     def check(self, value: Any, name: str) -> None:
         """Refuse a value of the wrong kind, out of bounds or not among the choices (a SpecError at ``(name,)``)."""
         kind = self.type_name
         numeric = kind in ("int", "float")
+        if kind == "int":
+            value = integral(value)
         wrong = (
             (kind == "bool" and not isinstance(value, bool))
             or (numeric and (isinstance(value, bool) or not isinstance(value, int if kind == "int" else (int, float))))

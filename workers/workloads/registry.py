@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from search_spaces.errors import SpecError
+from search_spaces.errors import RuleError, SpecError
+from search_spaces.families.base import integral
 from workers.seeding import Seeds, seeded_init
 from workers.workloads.cache import WorkloadCache, params_key
 from workers.workloads.contract import Data, WorkloadSpec
@@ -86,6 +87,25 @@ def workloads() -> dict[str, WorkloadSpec]:
     return {name: entry.spec for name, entry in registered().items() if entry.spec is not None}
 
 
+def workloads_schema() -> dict[str, Any]:
+    """The spec's ``workload`` as JSON Schema: one option per loaded workload, its params with their kinds and
+    bounds (what ``resolve`` checks; a workload's cross-parameter rules and paths are checked against the machine)."""
+    options = []
+    for name, spec in sorted(workloads().items()):
+        params = {"type": "object", "additionalProperties": False,
+                  "properties": {key: param.json_schema() for key, param in spec.params.items()}}
+        required = [key for key, param in spec.params.items() if param.required]
+        if required:
+            params["required"] = required
+        option: dict[str, Any] = {"type": "object", "title": name, "additionalProperties": False,
+                                  "required": ["name"] + (["params"] if required else []),
+                                  "properties": {"name": {"const": name}, "params": params}}
+        if spec.description:
+            option["description"] = spec.description
+        options.append(option)
+    return {"anyOf": options}
+
+
 def resolve(name: Any, params: Any, data_root: str | Path | None = None) -> tuple[WorkloadSpec, dict[str, Any]]:
     """The registered spec and its params with defaults filled in (paths as given, relative to the data root).
 
@@ -110,7 +130,7 @@ def resolve_runtime(name: Any, params: Any,
     spec = available[name]
     missing = spec.unavailable() if spec.unavailable is not None else None
     if missing:
-        raise SpecError(("name",), f"workload {name!r} cannot run here: {missing}")
+        raise RuleError(("name",), f"workload {name!r} cannot run here: {missing}")
     given = dict(params or {})
     unknown = set(given) - set(spec.params)
     if unknown:
@@ -125,21 +145,25 @@ def resolve_runtime(name: Any, params: Any,
             spec.params[key].check(value, key)
         except SpecError as err:
             raise err.under("params") from None
+        if spec.params[key].type_name == "int":
+            full[key] = integral(value)  # 64.0 is 64 (JSON Schema calls both integers)
     return spec, full, runtime_params(spec, full, data_root)  # paths under the root, cross-parameter rules
 
 
 def runtime_params(spec: WorkloadSpec, params: Mapping[str, Any], data_root: str | Path | None) -> dict[str, Any]:
-    """``params`` as the workload's functions get them: every ``path`` resolved under the data root (checked)."""
+    """``params`` as the workload's functions get them: every ``path`` resolved under the data root (checked).
+
+    What fails here depends on the machine (a path) or relates params (the workload's ``validate``): a RuleError."""
     root = Path(data_root) if data_root is not None else default_data_root()
     out = dict(params)
-    for key, param in spec.params.items():
-        if param.type_name == "path":
-            out[key] = str(resolve_under(root, params[key], ("params", key)))
-    if spec.validate is not None:
-        try:
+    try:
+        for key, param in spec.params.items():
+            if param.type_name == "path":
+                out[key] = str(resolve_under(root, params[key], (key,)))
+        if spec.validate is not None:
             spec.validate(out)
-        except SpecError as err:
-            raise err.under("params") from None
+    except SpecError as err:
+        raise RuleError.of(err).under("params") from None
     return out
 
 

@@ -1,0 +1,71 @@
+"""The schedule's published JSON Schema agrees with its validation: what the schema accepts, validation accepts or
+refuses only for a rule the schema says it cannot state (RuleError); what validation refuses for any other reason,
+the schema refuses too. Checked over every family's searchable space and the validation tests' bad specs; the
+API's fuzz test (test_schemathesis) checks the same over generated requests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from search_spaces import FAMILIES, SpecError, validate_schedule
+from search_spaces.errors import RuleError
+from search_spaces.schema import standalone
+from search_spaces.segment import OPTIMIZER_FIELDS
+from tests.test_schedule_space import EPOCHS, INVALID, SPACES, SPE, UNIT_ERRORS
+
+SCHEMA = standalone()
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_phase_ps10.json"
+MORE_VALID = [
+    {"preset": "regimes"},
+    {"preset": "regimes", "phase1_upper": 0.5, "phase2_momentum": 0.9, "transition_epoch": {"low": 3, "high": 7}},
+    {"choices": [{"family": "cosine", "lr": 0.1}, {"preset": "regimes"},
+                 {"family": "phases", "phases": [{"lr": 0.5, "momentum": 0.0},
+                                                 {"effective_lr": 0.05, "momentum": 0.9}],
+                  "transition_epochs": [5]}]},
+    {"family": "autodecay", "lr": 0.1, "window": 3.0},  # JSON does not tell 3 from 3.0
+    {"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "step_size_down": None},
+    json.loads(EXAMPLE.read_text())["schedule"],
+]
+
+
+def test_the_schema_is_valid_json_schema_and_names_every_family_and_field():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    for name, family in FAMILIES.items():
+        properties = SCHEMA["$defs"][f"Segment.{name}"]["properties"]
+        assert set(family.fields) | set(OPTIMIZER_FIELDS) <= set(properties), name
+        assert properties["family"] == {"const": name}
+
+
+@pytest.mark.parametrize("space", [*SPACES.values(), *MORE_VALID],
+                         ids=[*SPACES, *(f"more{i}" for i in range(len(MORE_VALID)))])
+def test_what_validation_accepts_the_schema_accepts(space: dict):
+    validate_schedule(space, EPOCHS, SPE)
+    errors = [e.message for e in VALIDATOR.iter_errors(space)]
+    assert not errors, errors[:3]
+
+
+@pytest.mark.parametrize(("space", "loc"), INVALID + UNIT_ERRORS,
+                         ids=[".".join(map(str, loc)) for _, loc in INVALID + UNIT_ERRORS])
+def test_what_validation_refuses_the_schema_refuses_unless_it_is_a_rule_across_fields(space: dict, loc: tuple):
+    with pytest.raises(SpecError) as err:
+        validate_schedule(space, EPOCHS, SPE)
+    if isinstance(err.value, RuleError):
+        return  # across fields or against the study: the schema says it does not state these
+    assert not VALIDATOR.is_valid(space), f"the schema accepts what validation refuses: {err.value}"
+
+
+@pytest.mark.parametrize("space", [
+    {"family": "cosine", "lr": 0.1, "eta_min": 0.2},  # eta_min above lr: across fields
+    {"family": "constant", "lr": {"low": 0.5, "high": 0.1}},  # low above high
+    {"family": "phases", "phases": [{"lr": 0.5}, {"lr": 0.1}], "transition_epochs": [12]},  # beyond epochs
+    {"family": "step", "lr": 0.1, "step_size": 0.01},  # shorter than one of the workload's steps
+], ids=["cross-field", "low-high", "transition", "span"])
+def test_rules_the_schema_cannot_state_are_rule_errors(space: dict):
+    assert VALIDATOR.is_valid(space)
+    with pytest.raises(RuleError):
+        validate_schedule(space, EPOCHS, SPE)

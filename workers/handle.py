@@ -18,7 +18,7 @@ from optuna.artifacts import FileSystemArtifactStore
 
 from workers import optuna_study, study_attrs
 from workers.spec import StudySpec
-from workers.storage import open_storage
+from workers.storage import DRIVER_CONNECT_WAIT_S, open_storage
 
 STOP_POLL_S = 1.0  # how often the stop flag is read from the storage (Tune asks many times a second)
 
@@ -33,7 +33,7 @@ class StudyHandle:
 
     @cached_property
     def storage(self) -> optuna.storages.RDBStorage:
-        return open_storage(self.storage_url)
+        return open_storage(self.storage_url, connect_wait_s=DRIVER_CONNECT_WAIT_S)
 
     @cached_property
     def study_id(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import optuna
@@ -37,8 +38,36 @@ def tune_sqlite(engine: Engine) -> Engine:
     return engine
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for ``url``; creates Optuna's schema if it is missing."""
+DRIVER_CONNECT_WAIT_S = 120.0  # how long a driver's new connection waits for a database that refuses it
+
+
+def wait_for_connections(engine: Engine, wait_s: float) -> Engine:
+    """Each connection the engine opens is retried, with backoff, for up to ``wait_s`` while the database refuses
+    it (restarting, failing over): nothing was sent on a connection not yet made, so any call may wait so. With
+    ``pool_pre_ping``, connections a restart cut are replaced at their next use, through the same wait. For a
+    study's driver, whose every epoch is a write; the API keeps no wait (it answers 503 at once instead)."""
+    if engine.dialect.name == "sqlite" or wait_s <= 0:
+        return engine
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline, delay = time.monotonic() + wait_s, 0.25
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    return engine
+
+
+def open_storage(url: str, connect_wait_s: float = 0.0) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``; creates Optuna's schema if it is missing. ``connect_wait_s``: see
+    ``wait_for_connections``."""
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     tune_sqlite(storage.engine)
+    wait_for_connections(storage.engine, connect_wait_s)
     return storage

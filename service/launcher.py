@@ -16,16 +16,21 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import optuna
+import ray
 
 from service import ray_cluster
 from service.settings import Settings
 from workers import driver, optuna_study, study_attrs
+from workers.spec import Resources
 from workers.study_attrs import StudyStatus
+from workers.tune_run import trial_slots
 
 logger = logging.getLogger(__name__)
 CONNECT_RETRY_S = 5.0
+PING_TIMEOUT_S = 30.0  # a cluster that runs no task (of no CPUs) in this long is gone: reconnect
 MAX_RELAUNCHES = 3  # relaunches of one study's driver by reconciliation before the study is failed
 _CLOSE = object()
 
@@ -39,6 +44,9 @@ class Launcher:
         self.connected = threading.Event()
         self.ray_error: str | None = None  # why the cluster did not answer the last reconciliation
         self.relaunched: dict[str, int] = {}  # studies whose driver reconciliation found gone: how many times
+        # The cluster's nodes as last seen (ray.nodes(), at connection and each reconciliation): requests check
+        # resources against them without a Ray call of their own. None: not seen yet.
+        self.nodes: list[dict[str, Any]] | None = None
         self._thread = threading.Thread(target=self._run, name="phasetune-launcher", daemon=True)
 
     def start(self) -> None:
@@ -83,6 +91,7 @@ class Launcher:
         else:
             return False
         self.ray_error = None
+        self._see_nodes()
         self.connected.set()
         try:
             unfinished = unfinished_studies(self._storage)
@@ -100,6 +109,8 @@ class Launcher:
             logger.exception("phasetune: reconciliation could not list the unfinished studies")
             return
         try:
+            ray_cluster.check_alive(PING_TIMEOUT_S)
+            self._see_nodes()
             gone = [name for name in unfinished
                     if driver.find_driver(self._settings.storage_url, name) is None]
         except Exception as err:  # noqa: BLE001  (the cluster stopped answering: reconnect, relaunch everything)
@@ -111,6 +122,23 @@ class Launcher:
             return
         for name in gone:
             self._do(self._relaunch, name)
+
+    def _see_nodes(self) -> None:
+        try:
+            self.nodes = [{"Alive": n.get("Alive"), "Resources": dict(n.get("Resources", {}))} for n in ray.nodes()]
+        except Exception:  # noqa: BLE001  (unknown for now: requests are admitted, drivers wait and say so)
+            logger.warning("phasetune: could not list the cluster's nodes", exc_info=True)
+
+    def unplaceable(self, cpu: float, gpu: float) -> str | None:
+        """Why no node of the cluster, as last seen, can run one task needing ``cpu`` CPUs and ``gpu`` GPUs; None
+        if one can, or if the cluster has not been seen yet."""
+        if self.nodes is None:
+            return None
+        if trial_slots(Resources(cpu=cpu, gpu=gpu), self.nodes) > 0:
+            return None
+        have = [{k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")} for n in self.nodes if n["Alive"]]
+        return (f"no node of the cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}; its nodes have {have} (a cluster that "
+                f"gains nodes later: set PHASETUNE_WAIT_FOR_NODES=true, and studies wait, waiting_for_resources)")
 
     def _relaunch(self, study_name: str) -> None:
         if self._status(study_name).finished:

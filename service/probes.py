@@ -63,6 +63,9 @@ def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, run
     options = _options(request.kind, request.options)
     if runner is not None and (launcher is None or not launcher.connected.is_set()):
         raise ClusterUnavailable("no Ray cluster is connected to run the probe on; retry shortly")
+    if launcher is not None and not settings.wait_for_nodes:
+        if (why := launcher.unplaceable(request.resources.cpu, request.resources.gpu)) is not None:
+            raise RuleError(("resources",), why)
     workload = {"name": request.workload.name, "params": request.workload.params}
     resources = {"cpu": request.resources.cpu, "gpu": request.resources.gpu}
     record = ProbeRecord(kind=request.kind.value, workload=workload, seed=request.seed, options=asdict(options),

@@ -122,11 +122,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# Ray ends a driver process whose GCS stays away this long (its default is 60 s: a `serve` that lost its head
+# exited by itself). The API is a driver that must outlive its cluster: it waits, and the launcher reconnects.
+GCS_WAIT_S = 10 * 365 * 24 * 3600
+
+
 def connect(settings: Settings) -> str:
     """Connect this process to Ray once (idempotent); returns the cluster address."""
     address = settings.ray_address or ensure_local_head(settings)
+    wanted = {"RAY_gcs_rpc_server_reconnect_timeout_s": os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s",
+                                                                      str(GCS_WAIT_S))}
     if not settings.ray_address and os.environ.get("RAY_AUTH_MODE") != "token":
-        os.environ.update(head_auth_env(settings))
+        wanted.update(head_auth_env(settings))
+    if any(os.environ.get(key) != value for key, value in wanted.items()):
+        os.environ.update(wanted)
         # Ray read its config (auth mode included) when it was imported: read it again, as Ray itself does when it
         # turns token auth on for a process (ray._private.authentication.authentication_token_setup).
         from ray._raylet import Config
@@ -135,6 +144,17 @@ def connect(settings: Settings) -> str:
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     return address
+
+
+@ray.remote(num_cpus=0)
+def _ping() -> int:
+    return os.getpid()
+
+
+def check_alive(timeout_s: float) -> None:
+    """Raise unless the cluster this process is connected to runs a task within ``timeout_s`` (a head that died,
+    or was restarted as a new cluster, never does: calls to it wait rather than fail)."""
+    ray.get(_ping.remote(), timeout=timeout_s)
 
 
 def disconnect() -> None:

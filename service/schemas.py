@@ -138,6 +138,7 @@ class StudyOut(BaseModel):
     trial_counts: dict[str, int]
     best_trial: TrialOut | None
     error: str | None = None
+    waiting_for: str | None = Field(None, description="what a study waiting_for_resources waits for")
     dashboard_url: str | None = None
 
 

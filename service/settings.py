@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     token_file: str = str(Path("~/.config/phasetune/token").expanduser())
     # How often the API checks that every unfinished study has a driver and that Ray answers (service/launcher.py).
     reconcile_s: float = Field(default=30.0, gt=0)
+    # A cluster that gains nodes after a study is submitted (an autoscaler, workers still joining): a study or
+    # probe no node can run yet is admitted and waits (waiting_for_resources) instead of being a 422.
+    wait_for_nodes: bool = False
     # Larger request bodies are refused (413) before they are parsed: a spec is a few kB.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 

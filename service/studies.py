@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from search_spaces.errors import RuleError
 from service.db import ID_MAX
 from service.launcher import Launcher
 from service.schemas import StudyCreate, StudyOut, TrialOut
@@ -41,6 +42,10 @@ def create(*, storage: optuna.storages.BaseStorage, settings: Settings, request:
     """Validate, store atomically (one winner per name), and hand to the launcher if this app runs studies."""
     spec = StudySpec.parse({**request.model_dump(mode="json"), "data_root": settings.data_root})
     spec.check_limits()
+    if launcher is not None and not settings.wait_for_nodes:
+        resources = spec.resources_per_trial
+        if (why := launcher.unplaceable(resources.cpu, resources.gpu)) is not None:
+            raise RuleError(("resources_per_trial",), why)
     attrs = {
         study_attrs.STATUS: StudyStatus.QUEUED.value,
         study_attrs.CREATED_AT: datetime.now(timezone.utc).isoformat(),
@@ -100,6 +105,7 @@ def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int,
         trial_counts={state.name: n for state, n in sorted(counts.items(), key=lambda item: item[0].value)},
         best_trial=trial_out(best, history=False) if best is not None and _finite(best.value) is not None else None,
         error=attrs.get(study_attrs.ERROR),
+        waiting_for=attrs.get(study_attrs.WAITING_FOR),
         dashboard_url=settings.dashboard_address if settings.start_dashboard or settings.dashboard_url else None,
     )
 

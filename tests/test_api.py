@@ -319,3 +319,40 @@ def test_a_study_whose_driver_is_lost_for_good_is_relaunched_and_completes(stora
         assert health["relaunched_drivers"] == {"lost-driver": 1} and health["status"] == "ok", health
     finally:
         server.stop()
+
+
+def test_resources_no_node_has_are_a_422_or_with_wait_for_nodes_a_visible_wait(module_server, ray_address,
+                                                                                  tmp_path):
+    """The session's cluster has no GPU: a study or probe asking for one is a 422 naming the field and the nodes
+    (it used to wait 10 minutes, then fail); nothing is stored. With PHASETUNE_WAIT_FOR_NODES (a cluster that gains
+    nodes later) the study is admitted and shows waiting_for_resources with what it waits for, and a stop ends it
+    stopped."""
+    from tests.conftest import Server
+
+    gpu = {"cpu": 1, "gpu": 1}
+    spec = small_spec("needs-a-gpu", n_trials=1, resources_per_trial=gpu)
+    with module_server.client() as client:
+        refused = client.post("/studies", json=spec)
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"][0]
+        assert detail["loc"] == ["body", "resources_per_trial"] and detail["type"] == "rule_error", detail
+        assert "'GPU'" not in detail["msg"] and "CPU" in detail["msg"], detail  # the nodes it has, and no GPU
+        assert all(s["name"] != "needs-a-gpu" for s in client.get("/studies").json())
+        probe = client.post("/probes", json={"kind": "curvature", "workload": {"name": "quadratic"},
+                                             "resources": gpu})
+        assert probe.status_code == 422 and probe.json()["detail"][0]["loc"] == ["body", "resources"], probe.text
+    waiting = Server(f"sqlite:///{tmp_path / 'wait.db'}", ray_address, tmp_path, PHASETUNE_WAIT_FOR_NODES="true")
+    try:
+        waiting.start()
+        with waiting.client() as client:
+            created = client.post("/studies", json=spec)
+            assert created.status_code == 201, created.text
+            study_id = created.json()["id"]
+            study = wait_for(lambda: (s := client.get(f"/studies/{study_id}").json())["status"]
+                             == "waiting_for_resources" and s, 120, "the study to wait for a GPU")
+            assert "gpu: 1" in study["waiting_for"], study
+            assert client.post(f"/studies/{study_id}/stop").status_code == 202
+            study = wait_for_status(client, study_id, ("completed", "failed", "stopped"), timeout=120)
+        assert study["status"] == "stopped" and study["n_trials"] == 0, study
+    finally:
+        waiting.stop()

@@ -346,6 +346,30 @@ def test_probes_wait_for_no_cluster_and_unknown_ones_404(client):
     assert client.get(f"/probes/{2**40}").status_code == 404
 
 
+def test_resources_no_node_has_are_a_422_naming_the_field(client):
+    """Admission checks resources against the nodes the launcher last saw (no Ray call in the request): none
+    has a GPU, so a study asking for one is a 422 and nothing is stored; one that fits is admitted. (The slow
+    test_api checks the same against a real cluster, and PHASETUNE_WAIT_FOR_NODES's visible wait.)"""
+    from service.launcher import Launcher
+
+    state = client.app.state
+    state.launcher = Launcher(state.settings, state.storage)
+    state.launcher.nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
+    try:
+        refused = client.post("/studies", json=small_spec("gpu-less", resources_per_trial={"cpu": 1, "gpu": 1}))
+        too_many = client.post("/studies", json=small_spec("cpu-less", resources_per_trial={"cpu": 3}))
+        fits = client.post("/studies", json=small_spec("fits", resources_per_trial={"cpu": 2}))
+    finally:
+        state.launcher = None
+    for response in (refused, too_many):
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", "resources_per_trial"], response.text
+    assert "{'CPU': 2.0}" in refused.json()["detail"][0]["msg"], refused.text  # the alive nodes, as they are
+    assert fits.status_code == 201, fits.text
+    names = {s["name"] for s in client.get("/studies").json()}
+    assert "fits" in names and not {"gpu-less", "cpu-less"} & names
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_body_over_the_cap_is_413_and_not_echoed(client, chunked):
     """A 20 MB body (the cap is 1 MiB) is refused before it is parsed, whether its size is declared or not."""

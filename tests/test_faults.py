@@ -246,3 +246,52 @@ def test_a_postgres_restart_mid_study_loses_no_result(own_postgres, server_facto
                        f"successor driver's sweep: the driver died of the outage (relaunched: {relaunched})")
     assert relaunched == {}, relaunched
     _assert_optuna_agrees(own_postgres.url, name, trials, epochs)
+
+
+# ---- 4. the Ray head killed and started again ---------------------------------------------------------------------
+
+
+def test_the_api_outlives_its_ray_head_and_resumes_studies_after_it_restarts(tmp_path):
+    """``serve`` on a local head of its own; the head is killed mid-study (every Ray process: GCS, raylet, the
+    driver, the trials). The API keeps answering (a study submitted meanwhile is stored, 201, not a 500), does not
+    exit (Ray ends a driver whose GCS stays away 60 s), reconnects to a new head and relaunches what was running:
+    both studies complete their budgets. Then the head is killed and started again, and ``serve`` restarted: the
+    study that was running resumes from the storage and completes."""
+    from service import ray_cluster
+    from service.settings import Settings
+    from tests.conftest import Server
+
+    port = free_port()
+    settings = Settings(ray_port=port, start_dashboard=False)
+    storage_url = f"sqlite:///{tmp_path / 'head.db'}"
+    epochs, n_trials = 6, 2
+    server = Server(storage_url, "", tmp_path, PHASETUNE_RAY_PORT=str(port), PHASETUNE_RAY_NUM_CPUS="2",
+                    PHASETUNE_RECONCILE_S="2")
+    try:
+        server.start()
+        with server.client() as client:
+            first = _submit(client, _spec("before-head-loss", epochs, n_trials))
+            wait_for(lambda: _training(client, first), 120, "a trial training", interval=0.3)
+            killed_at = time.monotonic()
+            assert ray_cluster.stop_local_head(settings) > 0
+            during = _submit(client, _spec("during-head-loss", epochs, n_trials))  # stored, queued: not a 500
+            wait_for(lambda: client.get("/health").status_code == 503, 90, "/health to report the lost cluster")
+            for study_id in (first, during):
+                study = wait_for_status(client, study_id, ENDED, timeout=300)
+                _assert_budget_kept(study, _trials(client, study_id), n_trials, epochs)
+            time.sleep(max(0.0, 65 - (time.monotonic() - killed_at)))  # past Ray's 60 s: the API must still be up
+            assert server.process.poll() is None, "the API exited after losing its Ray head"
+            assert client.get("/health").status_code == 200, client.get("/health").text
+
+            third = _submit(client, _spec("across-serve-restart", epochs, n_trials))
+            wait_for(lambda: _training(client, third), 120, "a trial training", interval=0.3)
+        ray_cluster.stop_local_head(settings)
+        ray_cluster.ensure_local_head(settings)  # the head started again, by someone else, before serve restarts
+        server.stop()
+        server.start()
+        with server.client() as client:
+            study = wait_for_status(client, third, ENDED, timeout=300)
+            _assert_budget_kept(study, _trials(client, third), n_trials, epochs)
+    finally:
+        server.stop()
+        ray_cluster.stop_local_head(settings)

@@ -18,6 +18,7 @@ SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phaset
 STATUS = "phasetune:status"  # a StudyStatus value
 CREATED_AT = "phasetune:created_at"  # ISO 8601, UTC
 ERROR = "phasetune:error"  # why the study failed
+WAITING_FOR = "phasetune:waiting_for"  # what a study waiting_for_resources waits for (None once it runs)
 STOP_REQUESTED = "phasetune:stop_requested"
 ARTIFACT_DIR = "phasetune:artifact_dir"  # where trial artifacts (schedule plots) go; the dashboard reads it
 UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by, e.g. {"lr_crit": 0.8}
@@ -41,6 +42,9 @@ EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds", LARGE_STEP)
 class StudyStatus(str, enum.Enum):
     QUEUED = "queued"  # stored; no driver has run it yet
     RUNNING = "running"
+    # Running, but no node of the cluster can take one of its trials yet (workers still joining, an autoscaler):
+    # the reason is in WAITING_FOR; the study fails once SLOT_WAIT_S passes without one.
+    WAITING_FOR_RESOURCES = "waiting_for_resources"
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED = "stopped"

@@ -64,17 +64,29 @@ def trial_slots(resources: Resources, nodes: list[dict[str, Any]] | None = None)
     return slots
 
 
-def _concurrency(handle: StudyHandle) -> int:
+def _concurrency(handle: StudyHandle) -> int | None:
     """The spec's ``max_concurrent_trials``, capped by the cluster's slots: Tune would otherwise start trials that
     wait for resources while Optuna shows them RUNNING. Recorded with the study. With no slot yet (the workers have
-    not joined: a cluster restarting) it waits, up to ``SLOT_WAIT_S``, then fails the study saying why."""
+    not joined: a cluster restarting) it waits, up to ``SLOT_WAIT_S``, then fails the study saying why; None if the
+    study was stopped while it waited."""
     resources = handle.spec.resources_per_trial
     deadline = time.monotonic() + SLOT_WAIT_S
+    need = f"a node with resources_per_trial = {{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}}"
+    waited = False
     while (slots := trial_slots(resources)) == 0:
-        if time.monotonic() >= deadline or handle.refresh_stop_flag(force=True):
-            raise RuntimeError(f"no node of the cluster can run a trial needing resources_per_trial = "
-                               f"{{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}} (waited {SLOT_WAIT_S:g} s)")
+        if handle.refresh_stop_flag(force=True):
+            return None
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no node of the cluster can run a trial: none came with {need} "
+                               f"(waited {SLOT_WAIT_S:g} s)")
+        if not waited:  # visible while it waits: GET /studies/{id} says what for
+            handle.set_attr(study_attrs.WAITING_FOR, f"{need}, up to {SLOT_WAIT_S:g} s")
+            handle.set_status(StudyStatus.WAITING_FOR_RESOURCES)
+            waited = True
         time.sleep(SLOT_POLL_S)
+    if waited:
+        handle.set_attr(study_attrs.WAITING_FOR, None)
+        handle.set_status(StudyStatus.RUNNING)
     concurrency = min(handle.spec.max_concurrent_trials, slots)
     handle.set_attr(study_attrs.CONCURRENCY, concurrency)
     return concurrency
@@ -109,14 +121,16 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
         searcher = OptunaStudySearcher(handle, units=units)
         stopper.searcher = searcher
-        if searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all():
+        ready = searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all()
+        concurrency = _concurrency(handle) if ready else None
+        if concurrency is not None:
             resources = spec.resources_per_trial
             tuner = tune.Tuner(
                 tune.with_resources(run_trial, {"cpu": resources.cpu, "gpu": resources.gpu}),
                 # Warm workers: a trial runs in the process of an earlier one (no start-up, imports, data or
                 # model construction again: workers.workloads.cache).
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
-                                            max_concurrent_trials=_concurrency(handle)),
+                                            max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(
                     name=f"phasetune-{handle.study_name}",
                     storage_path=str(Path(results_dir).resolve()),

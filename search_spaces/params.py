@@ -60,9 +60,19 @@ def is_searchable(raw: Any) -> bool:
     return isinstance(raw, Mapping) and ("choices" in raw or "low" in raw or "high" in raw)
 
 
+def finite(value: Any) -> bool:
+    """A number JSON can mean (an int beyond any float, such as 10**400, is not: math would overflow on it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(value: Any, loc: tuple) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(loc, f"must be a finite number, got {value!r}")
+    if not finite(value):
+        raise SpecError(loc, f"must be a finite number, got {str(value)[:40]}")
     return value
 
 

@@ -92,7 +92,7 @@ def validate(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> Non
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= epochs - 1:
             raise RuleError(("transition_epoch",), f"must lie in [1, epochs - 1] = [1, {epochs - 1}], got {value!r}")
     # The expansion with nominal units must be a valid phases space (a safety net: the checks above name options).
-    nominal = {"lr_crit": 1.0, "lr_div": 2.0 / upper}
+    nominal = {"lr_crit": upper, "lr_div": 2.0}  # phase 1 spans [1, 2] x lr_crit (2 / upper overflows a tiny upper)
     for i, phase in enumerate(expand(space, epochs, nominal)["phases"]):
         segment.validate(phase, ("phases", i), epochs, steps_per_epoch, default_family="constant")
 

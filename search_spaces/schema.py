@@ -15,7 +15,7 @@ from typing import Any
 
 from search_spaces import params, presets, space, units
 from search_spaces.families import FAMILIES, Field
-from search_spaces.families.base import Interval, momentum_range
+from search_spaces.families.base import MAX_FLOAT, Interval, momentum_range
 from search_spaces.families.warmup import WARMUP_FIELDS
 from search_spaces.segment import EFFECTIVE_LR, EFFECTIVE_LR_FIELD, OPTIMIZER_FIELDS, WARMUP
 
@@ -27,8 +27,14 @@ def _value(field: Field) -> dict[str, Any]:
     """One concrete value of ``field``."""
     kind = "float" if field.kind == "list" else field.kind  # a list field's elements
     schema: dict[str, Any] = {"type": _KINDS[kind]}
+    if kind in ("float", "int"):  # a JSON number beyond any float (10**400) is none here
+        schema.update({"minimum": -MAX_FLOAT, "maximum": MAX_FLOAT})
     if field.check is not None:
         schema.update(field.check.json_schema())
+        if "exclusiveMinimum" in schema:
+            schema.pop("minimum")
+        if "exclusiveMaximum" in schema:
+            schema.pop("maximum")
     return schema
 
 
@@ -92,8 +98,9 @@ def _segment(family: str, in_phases: bool, prefix: str) -> dict[str, Any]:
         # lr, or the effective step lr / (1 - momentum) with the momentum (the two-regimes parameterisation).
         properties[EFFECTIVE_LR] = _field(EFFECTIVE_LR, EFFECTIVE_LR_FIELD)
         others = [name for name in required if name != "lr"]
+        # Both: a concrete schedule records both (a rule_error unless they agree).
         schema["anyOf"] = [{"required": ["lr"], "not": {"required": [EFFECTIVE_LR]}},
-                           {"required": [EFFECTIVE_LR, "momentum"], "not": {"required": ["lr"]},
+                           {"required": [EFFECTIVE_LR, "momentum"],
                             "properties": {"momentum": param(_value(OPTIMIZER_FIELDS["momentum"]))}}]  # not null
         required = others
     if not (in_phases and family == "constant"):

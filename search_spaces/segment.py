@@ -121,11 +121,18 @@ def validate(spec: Any, loc: tuple, span_epochs: float, steps_per_epoch: int, de
             build(family.name, corner, horizon)
         except SpecError as err:  # every value passed its own check: what fails here relates fields or the span
             raise RuleError.of(err).under(*loc) from None
+        except ArithmeticError as err:  # values each allowed, together too large for floats: the client's to fix
+            raise RuleError(loc, f"the schedule cannot be computed from these values ({err})") from None
 
 
 def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any, loc: tuple) -> None:
     """Check every value ``raw`` can take against ``field`` and record its low and high ends in ``corners``."""
     parsed = _parse_field(field, raw, (*loc, key))
+    if parsed == []:
+        raise SpecError((*loc, key), "must list at least one value")
+    step = parsed.step if isinstance(parsed, params.Range) else None
+    if field.kind == "int" and step is not None and integral(step) != int(step):
+        raise SpecError((*loc, key, "step"), f"must be an integer for an int field, got {step}")
     for item_loc, item in _items(parsed, (*loc, key)):
         units.check(item, key, item_loc)
         for value in params.candidates(item):
@@ -146,7 +153,8 @@ def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: 
         raise SpecError((*loc, "momentum"), "is required with 'effective_lr' (lr = effective_lr * (1 - momentum)), "
                                             "and cannot be null")
     if "lr" in spec and not _recorded_pair(spec):
-        raise SpecError((*loc, EFFECTIVE_LR), "give either 'lr' or 'effective_lr', not both")
+        raise RuleError((*loc, EFFECTIVE_LR), "give either 'lr' or 'effective_lr', not both (a concrete schedule "
+                                             "may record both when lr = effective_lr * (1 - momentum))")
 
 
 def _recorded_pair(spec: Mapping[str, Any]) -> bool:

@@ -56,7 +56,9 @@ def _validate_phases(space: Mapping[str, Any], epochs: int, steps_per_epoch: int
     if len(phases) > MAX_PHASES:
         raise SpecError(("phases",), f"at most {MAX_PHASES} phases, got {len(phases)}")
     transitions = space.get("transition_epochs", [])
-    if not isinstance(transitions, list) or len(transitions) != len(phases) - 1:
+    if not isinstance(transitions, list):
+        raise SpecError(("transition_epochs",), "must be a list of epochs (one per boundary)")
+    if len(transitions) != len(phases) - 1:
         raise RuleError(("transition_epochs",), f"must list {len(phases) - 1} epochs (one per boundary)")
     bounds = [(0, 0), *_transition_bounds(transitions, epochs), (epochs, epochs)]
     for i, phase in enumerate(phases):

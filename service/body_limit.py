@@ -15,7 +15,9 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_DEPTH = 32
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# An unterminated string runs to the end of the body (every match succeeds: linear, where a pattern that must find
+# the closing quote backtracks quadratically on a body of escapes, before auth).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 

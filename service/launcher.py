@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,15 +69,19 @@ class Launcher:
     def _run(self) -> None:
         if not self._connect():
             return
+        next_reconcile = time.monotonic() + self._settings.reconcile_s
         while True:
-            try:
-                job = self._queue.get(timeout=self._settings.reconcile_s)
+            try:  # every reconcile_s, however many jobs come in between
+                job = self._queue.get(timeout=max(0.0, next_reconcile - time.monotonic()))
             except queue.Empty:
-                self._reconcile()
-                continue
+                job = None
             if job is _CLOSE:
                 return
-            self._do(*job)  # type: ignore[misc]
+            if job is not None:
+                self._do(*job)  # type: ignore[misc]
+            if time.monotonic() >= next_reconcile:
+                self._reconcile()
+                next_reconcile = time.monotonic() + self._settings.reconcile_s
 
     def _connect(self) -> bool:
         """Connect (retrying until closed), then relaunch every unfinished study; False if closed first."""
@@ -127,6 +132,7 @@ class Launcher:
         try:
             self.nodes = [{"Alive": n.get("Alive"), "Resources": dict(n.get("Resources", {}))} for n in ray.nodes()]
         except Exception:  # noqa: BLE001  (unknown for now: requests are admitted, drivers wait and say so)
+            self.nodes = None
             logger.warning("phasetune: could not list the cluster's nodes", exc_info=True)
 
     def unplaceable(self, cpu: float, gpu: float) -> str | None:

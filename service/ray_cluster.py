@@ -27,6 +27,10 @@ from service.settings import Settings
 from workers.driver import NAMESPACE
 
 logger = logging.getLogger(__name__)
+# Ray ends a driver process whose GCS stays away this long (its default is 60 s: a `serve` that lost its head
+# exited by itself). The API is a driver that must outlive its cluster: it waits, and the launcher reconnects.
+GCS_WAIT = "RAY_gcs_rpc_server_reconnect_timeout_s"
+GCS_WAIT_S = 10 * 365 * 24 * 3600
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -45,7 +49,11 @@ def ensure_local_head(settings: Settings) -> str:
                f"--temp-dir={head_dir(settings)}"]
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **head_auth_env(settings)})
+    stop_local_head(settings)  # what is left of a head that died (a raylet, its workers) goes with it
+    env = {**os.environ, **head_auth_env(settings)}
+    if env.get(GCS_WAIT) == str(GCS_WAIT_S):  # the API's own wait (connect), not for the head's processes
+        del env[GCS_WAIT]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while not _port_open("127.0.0.1", settings.ray_port):
         if time.monotonic() > deadline:
@@ -122,16 +130,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-# Ray ends a driver process whose GCS stays away this long (its default is 60 s: a `serve` that lost its head
-# exited by itself). The API is a driver that must outlive its cluster: it waits, and the launcher reconnects.
-GCS_WAIT_S = 10 * 365 * 24 * 3600
-
-
 def connect(settings: Settings) -> str:
     """Connect this process to Ray once (idempotent); returns the cluster address."""
     address = settings.ray_address or ensure_local_head(settings)
-    wanted = {"RAY_gcs_rpc_server_reconnect_timeout_s": os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s",
-                                                                      str(GCS_WAIT_S))}
+    wanted = {GCS_WAIT: os.environ.get(GCS_WAIT, str(GCS_WAIT_S))}
     if not settings.ray_address and os.environ.get("RAY_AUTH_MODE") != "token":
         wanted.update(head_auth_env(settings))
     if any(os.environ.get(key) != value for key, value in wanted.items()):

@@ -13,12 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from search_spaces.families.base import MAX_EPOCHS
+from search_spaces.families.base import MAX_EPOCHS, Interval
 from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.auth import Scope
 from service.db import TOKEN_NAME_MAX, ProbeStatus
 from service.openapi import SCHEDULE_FIELD
-from workers.early_stopping import EarlyStopping, Policy
+from workers.early_stopping import BOUNDS, EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
 from workers.spec import (
@@ -35,6 +35,21 @@ from workers.study_attrs import StudyStatus
 # Every request model: unknown fields are errors, and so are infinite and NaN numbers (JSON allows neither, Python's
 # parser accepts both, and no field of phasetune's means anything by them).
 INPUT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _within(interval: Interval) -> dict[str, float]:
+    """Pydantic's bounds for a domain ``Interval``: the API checks and documents what the domain does."""
+    bounds = {}
+    if interval.low is not None:
+        bounds["gt" if interval.open_low else "ge"] = interval.low
+    if interval.high is not None:
+        bounds["lt" if interval.open_high else "le"] = interval.high
+    return bounds
+
+
+def _option(name: str, description: str) -> Any:
+    """An early-stopping option: unset by default, within the domain's bounds for it."""
+    return Field(None, **_within(BOUNDS[name]), description=description)
 
 
 class WorkloadIn(BaseModel):
@@ -77,19 +92,19 @@ class EarlyStoppingIn(BaseModel):
 
     model_config = INPUT
     policy: Policy = EarlyStopping.policy
-    grace_period: int | None = Field(None, ge=1, le=100_000, description=f"epochs before the first decision "
-                                                                         f"(default {EarlyStopping.grace_period})")
-    min_peers: int | None = Field(None, ge=1, le=100_000, description=f"trials with a value at a point before any "
-                                                                     f"stops there (default {EarlyStopping.min_peers})")
-    reduction_factor: float | None = Field(None, gt=1, le=1000, description=f"rungs at grace_period * rf**k epochs; "
-                                                                           f"the top 1/rf go on (default "
-                                                                           f"{EarlyStopping.reduction_factor:g})")
-    cooldown_fraction: float | None = Field(None, gt=0, le=1, description=f"the cooldown probe's span as a share of "
-                                                                         f"the steps done (default "
-                                                                         f"{EarlyStopping.cooldown_fraction:g})")
-    divergence_factor: float | None = Field(None, gt=1, le=1e12, description=f"a training loss this many times the "
-                                                                            f"first step's stops the trial (default "
-                                                                            f"{EarlyStopping.divergence_factor:g})")
+    grace_period: int | None = _option("grace_period", f"epochs before the first decision "
+                                                       f"(default {EarlyStopping.grace_period})")
+    min_peers: int | None = _option("min_peers", f"trials with a value at a point before any stops there "
+                                                 f"(default {EarlyStopping.min_peers})")
+    reduction_factor: float | None = _option("reduction_factor", f"rungs at grace_period * rf**k epochs; the top "
+                                                                 f"1/rf go on (default "
+                                                                 f"{EarlyStopping.reduction_factor:g})")
+    cooldown_fraction: float | None = _option("cooldown_fraction", f"the cooldown probe's span as a share of the "
+                                                                   f"steps done (default "
+                                                                   f"{EarlyStopping.cooldown_fraction:g})")
+    divergence_factor: float | None = _option("divergence_factor", f"a training loss this many times the first "
+                                                                   f"step's stops the trial (default "
+                                                                   f"{EarlyStopping.divergence_factor:g})")
 
 
 class StudyCreate(BaseModel):

@@ -95,17 +95,18 @@ def trial_out(trial: FrozenTrial, history: bool = True) -> TrialOut:
 def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int, name: str, attrs: dict[str, Any],
          best: FrozenTrial | None) -> StudyOut:
     counts = optuna_study.count_trials(storage, study_id)
+    status = study_attrs.status_of(attrs)
     return StudyOut(
         id=study_id,
         name=name,
-        status=study_attrs.status_of(attrs),
+        status=status,
         spec=attrs[study_attrs.SPEC],
         created_at=attrs.get(study_attrs.CREATED_AT),
         n_trials=sum(counts.values()),
         trial_counts={state.name: n for state, n in sorted(counts.items(), key=lambda item: item[0].value)},
         best_trial=trial_out(best, history=False) if best is not None and _finite(best.value) is not None else None,
         error=attrs.get(study_attrs.ERROR),
-        waiting_for=attrs.get(study_attrs.WAITING_FOR),
+        waiting_for=attrs.get(study_attrs.WAITING_FOR) if status is StudyStatus.WAITING_FOR_RESOURCES else None,
         dashboard_url=settings.dashboard_address if settings.start_dashboard or settings.dashboard_url else None,
     )
 

@@ -397,6 +397,25 @@ def test_a_body_nested_too_deep_is_a_422_and_not_stored(client, depth):
     assert client.post("/studies", json=nested).status_code == 201  # a real spec is far from the cap
 
 
+@pytest.mark.timeout(60)
+def test_a_body_of_escapes_in_an_unterminated_string_is_answered_at_once(client):
+    """The depth check reads strings with a pattern that cannot backtrack: 1 MiB of escapes in a string that never
+    closes (quadratic for a pattern that must find the closing quote: hours, before auth) is an invalid-JSON 422."""
+    body = b'{"name": "' + b'\\"' * 500_000
+    response = client.post("/studies", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+
+
+def test_early_stopping_bounds_are_the_domains(client):
+    """The API's bounds on early-stopping options are the domain's own (one Interval each): a value the schema
+    allows is accepted, one beyond it refused by both."""
+    spec = small_spec("tiny-cooldown", epochs=8, early_stopping={"policy": "schedule_aware",
+                                                                 "cooldown_fraction": 5e-324})
+    assert client.post("/studies", json=spec).status_code == 201
+    spec = small_spec("big-reduction", epochs=8, early_stopping={"policy": "asha", "reduction_factor": 1001})
+    assert client.post("/studies", json=spec).status_code == 422
+
+
 def test_openapi_states_the_schedule_language_and_each_workloads_params(client):
     schema = client.get("/openapi.json").json()
     components = schema["components"]["schemas"]

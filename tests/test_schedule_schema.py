@@ -28,6 +28,7 @@ MORE_VALID = [
                                                  {"effective_lr": 0.05, "momentum": 0.9}],
                   "transition_epochs": [5]}]},
     {"family": "autodecay", "lr": 0.1, "window": 3.0},  # JSON does not tell 3 from 3.0
+    {"family": "cosine", "lr": 0.05, "effective_lr": 0.1, "momentum": 0.5},  # a concrete schedule records both
     {"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "step_size_down": None},
     json.loads(EXAMPLE.read_text())["schedule"],
 ]
@@ -69,3 +70,19 @@ def test_rules_the_schema_cannot_state_are_rule_errors(space: dict):
     assert VALIDATOR.is_valid(space)
     with pytest.raises(RuleError):
         validate_schedule(space, EPOCHS, SPE)
+
+
+@pytest.mark.parametrize("space", [
+    {"family": "sgdr", "lr": 0.1, "t_0": 0.5, "t_mult": {"choices": [1.0459602646578245e308, 1.5]}},
+    {"preset": "regimes", "phase1_upper": 5e-324, "phase2_effective_lr": {"low": 5e-324, "high": 5e-324}},
+    {"family": "cosine", "lr": 1.7976931348623157e308, "weight_decay": 1.7976931348623157e308},
+    {"family": "exponential", "lr": 1e308, "gamma": 5e-324},
+], ids=["sgdr-t_mult", "preset-upper", "cosine-huge", "exponential-tiny"])
+def test_extreme_values_the_schema_allows_are_accepted_or_rule_errors(space: dict):
+    """Values each within their bounds, at the ends of the floats (what the fuzzer found as 500s): validation
+    accepts them or refuses them as a rule, never raises anything else."""
+    assert VALIDATOR.is_valid(space)
+    try:
+        validate_schedule(space, 486, 8)
+    except RuleError:
+        pass

@@ -180,6 +180,11 @@ INVALID = [
     ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "ramp": "linear"}}, ("warmup", "ramp")),
     ({"family": "cosine", "lr": 0.1, "warmup": {"start_factor": 0.1}}, ("warmup", "epochs")),
     ({"family": "cosine", "effective_lr": 1.0}, ("momentum",)),
+    ({"family": "constant", "lr": 10**400}, ("lr",)),  # beyond any float: a 422, not an OverflowError
+    ({"family": "constant", "lr": {"low": 10**400, "high": 10**401}}, ("lr", "low")),
+    ({"family": "autodecay", "lr": 0.1, "window": {"low": 2, "high": 5, "step": 1.5}}, ("window", "step")),
+    ({"family": "multistep", "lr": 0.1, "milestones": []}, ("milestones",)),
+    ({"family": "phases", "phases": [{"lr": 0.1}], "transition_epochs": 2}, ("transition_epochs",)),
     ({"family": "autodecay", "effective_lr": 0.1, "momentum": {"choices": [None, 0.9]}}, ("momentum",)),
     ({"family": "cosine", "lr": 0.5, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
     ({"family": "onecycle", "max_lr": 0.1, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),

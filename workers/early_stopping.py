@@ -37,6 +37,8 @@ import numpy as np
 
 from search_spaces import SpecError
 from search_spaces.errors import RuleError
+from search_spaces.families.base import Interval, integral
+from search_spaces.params import finite
 
 RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
 DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoch, score, reason, ...}
@@ -122,22 +124,21 @@ OPTIONS: dict[Policy, frozenset[str]] = {
     Policy.SCHEDULE_AWARE: frozenset({*_SHARED, "reduction_factor", "cooldown_fraction", "divergence_factor"}),
 }
 _INTS = {"grace_period", "min_peers"}
-_BOUNDS: dict[str, tuple[float, float, str]] = {  # low, high, what it means
-    "grace_period": (1, 1e6, "an integer number of epochs >= 1"),
-    "min_peers": (1, 1e6, "an integer >= 1"),
-    "reduction_factor": (1.0 + 1e-9, 1e3, "a number > 1"),
-    "cooldown_fraction": (1e-9, 1.0, "a share in (0, 1]"),
-    "divergence_factor": (1.0 + 1e-9, 1e12, "a number > 1"),
+BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.schemas)
+    "grace_period": Interval(1, 100_000, note="epochs"),
+    "min_peers": Interval(1, 100_000),
+    "reduction_factor": Interval(1, 1e3, open_low=True),
+    "cooldown_fraction": Interval(0, 1, open_low=True, note="a share of the steps done"),
+    "divergence_factor": Interval(1, 1e12, open_low=True),
 }
 
 
 def _check(name: str, value: Any) -> None:
-    low, high, what = _BOUNDS[name]
-    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if name in _INTS and not (isinstance(value, int) and not isinstance(value, bool)):
-        number_ok = False
-    if not number_ok or not low <= value <= high:
-        raise SpecError(("early_stopping", name), f"must be {what}, got {value!r}")
+    bounds = BOUNDS[name]
+    number_ok = finite(value) and (name not in _INTS or isinstance(integral(value), int))
+    if not number_ok or not bounds.contains(value):
+        kind = "an integer" if name in _INTS else "a number"
+        raise SpecError(("early_stopping", name), f"must be {kind} {bounds.describe()}, got {value!r}")
 
 
 class ProbeSchedule:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy.exc
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
@@ -38,6 +40,7 @@ def tune_sqlite(engine: Engine) -> Engine:
     return engine
 
 
+T = TypeVar("T")
 DRIVER_CONNECT_WAIT_S = 120.0  # how long a driver's new connection waits for a database that refuses it
 
 
@@ -51,23 +54,30 @@ def wait_for_connections(engine: Engine, wait_s: float) -> Engine:
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        deadline, delay = time.monotonic() + wait_s, 0.25
-        while True:
-            try:
-                return dialect.connect(*cargs, **cparams)
-            except dialect.loaded_dbapi.OperationalError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(2 * delay, 5.0)
+        return _retried(lambda: dialect.connect(*cargs, **cparams), dialect.loaded_dbapi.OperationalError, wait_s)
 
     return engine
+
+
+def _retried(call: Callable[[], T], error: type[Exception], wait_s: float) -> T:
+    """``call()``, retried with backoff (0.25 s doubling to 5 s) while it raises ``error``, for up to ``wait_s``."""
+    deadline, delay = time.monotonic() + wait_s, 0.25
+    while True:
+        try:
+            return call()
+        except error:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def open_storage(url: str, connect_wait_s: float = 0.0) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``; creates Optuna's schema if it is missing. ``connect_wait_s``: see
     ``wait_for_connections``."""
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    # Optuna connects as it opens the storage (its schema and version): that waits too.
+    storage = _retried(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url)),
+                       sqlalchemy.exc.OperationalError, connect_wait_s)
     tune_sqlite(storage.engine)
     wait_for_connections(storage.engine, connect_wait_s)
     return storage

@@ -109,6 +109,7 @@ class Field:
     required: bool = False
 
 
+MAX_FLOAT = 1.7976931348623157e308  # the largest float: a JSON number beyond it (10**400) is no number here
 MAX_EPOCHS = 100_000  # the longest study; a duration beyond it would never end (and overflows step counts)
 positive = Interval(0, open_low=True)
 duration = Interval(0, MAX_EPOCHS, open_low=True, note="epochs")
@@ -145,6 +146,8 @@ def check_value(field: Field, value: Any, loc: tuple) -> None:
         value = integral(value)
     if not isinstance(value, types) or (field.kind in ("float", "int") and isinstance(value, bool)):
         raise SpecError(loc, f"must be of kind {field.kind}, got {value!r}")
+    if field.kind in ("float", "int") and abs(value) > MAX_FLOAT:
+        raise SpecError(loc, f"must be a finite number, got {str(value)[:40]}")
     if field.check is not None and (msg := field.check(value)) is not None:
         raise SpecError(loc, msg)
 

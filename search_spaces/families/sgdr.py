@@ -58,7 +58,11 @@ class SGDR(LRSchedule):
             raise SpecError(("t_0",), f"{params['t_0']} epochs is shorter than one optimizer step")
         starts, i = [0], 0
         while starts[-1] <= horizon.total_steps:
-            starts.append(starts[-1] + max(1, round(t0 * float(params["t_mult"]) ** i)))
+            try:  # a cycle beyond 2**62 steps is as flat over any span as an infinite one (and stays an int)
+                length = min(t0 * float(params["t_mult"]) ** i, 2.0**62)
+            except OverflowError:  # t_mult ** i beyond any float
+                length = 2.0**62
+            starts.append(starts[-1] + max(1, round(length)))
             i += 1
         return cls(float(params["lr"]), float(params["eta_min"]), tuple(starts), horizon.total_steps)
 

@@ -57,3 +57,52 @@ def test_realised_momentum_reads_sgd_and_adam():
     params = [torch.nn.Parameter(torch.zeros(1))]
     assert realised_momentum(torch.optim.SGD(params, lr=0.1, momentum=0.7)) == pytest.approx(0.7)
     assert realised_momentum(torch.optim.Adam(params, lr=0.1, betas=(0.6, 0.99))) == pytest.approx(0.6)
+
+
+PHASE1 = {"lr": 0.3, "momentum": 0.0}
+BRANCHES = {
+    # (the run that writes the checkpoint, the branch that resumes from it, the epoch index it is taken at)
+    "2-phase": ({"family": "phases", "transition_epochs": [2],
+                 "phases": [PHASE1, {"lr": 0.01, "momentum": 0.95, "weight_decay": 1e-4}]},
+                {"family": "phases", "transition_epochs": [2],
+                 "phases": [PHASE1, {"family": "cosine", "lr": 0.05, "momentum": 0.9}]}, 1),
+    "3-phase": ({"family": "phases", "transition_epochs": [1, 3],
+                 "phases": [PHASE1, {"lr": 0.1, "momentum": 0.5, "keep_optimizer_state": True},
+                            {"lr": 0.01, "momentum": 0.9}]},
+                {"family": "phases", "transition_epochs": [1, 3],
+                 "phases": [PHASE1, {"lr": 0.1, "momentum": 0.5, "keep_optimizer_state": True},
+                            {"family": "linear", "lr": 0.02, "momentum": 0.9, "keep_optimizer_state": True}]}, 2),
+    # (the branch's last phase keeps the momentum buffers the checkpoint carries)
+}
+
+
+@pytest.mark.parametrize("name", sorted(BRANCHES))
+def test_a_branch_from_a_checkpoint_trains_exactly_as_from_scratch(name):
+    """A schedule resumed from another run's checkpoint at a phase boundary where the two agree up to there
+    (weights, optimizer state, driver position, RNG) ends with bit-identical weights and the same curve as that
+    schedule trained from epoch 0, on CPU: what branching trials from a shared prefix rests on (issue 13)."""
+    parent_schedule, branch_schedule, at = BRANCHES[name]
+    epochs = 5
+
+    def fresh():
+        return build_workload("digits", {}, seed=3)
+
+    taken = []
+    parent = fresh()
+    parent_history = train(parent, build_plan(parent_schedule, epochs, parent.steps_per_epoch), epochs,
+                           order_seed=7, checkpoint_at={at}, on_checkpoint=taken.append)
+    assert [c.epoch for c in taken] == [at]
+    resumed = fresh()
+    trained_here = []
+    branched = train(resumed, build_plan(branch_schedule, epochs, resumed.steps_per_epoch), epochs, order_seed=7,
+                     resume=taken[0], on_epoch=lambda m: trained_here.append(m["epoch"]))
+    scratch = fresh()
+    expected = train(scratch, build_plan(branch_schedule, epochs, scratch.steps_per_epoch), epochs, order_seed=7)
+    assert trained_here == list(range(at + 1, epochs))  # the prefix was not trained again
+    for mine, theirs in zip(resumed.model.state_dict().values(), scratch.model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    drop = {"seconds"}
+    assert [{k: v for k, v in h.items() if k not in drop} for h in branched] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in expected]
+    assert branched[:at + 1] == parent_history[:at + 1]  # the shared prefix, as the parent trained it
+    assert branched[-1]["val_loss"] != parent_history[-1]["val_loss"]  # and then a schedule of its own

@@ -7,9 +7,11 @@ study's seed policy: epoch e visits ``seeding.batch_order(n, order_seed, e)``.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +27,38 @@ from workers.workloads import Workload
 EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training here (an early stop)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """All that training depends on at the end of epoch ``epoch``: the weights, the phased-optimizer driver (its
+    position, the optimizer's state, loss-driven families' state), the RNG, and the curve so far. ``train`` resumed
+    from it under any plan that agrees with the one that took it up to there trains exactly as a run from scratch
+    under that plan would (bit-identical on CPU): the start of branching a trial from another's prefix."""
+
+    epoch: int
+    model: dict[str, Any]
+    driver: dict[str, Any]
+    rng: dict[str, Any]
+    history: list[dict[str, Any]]
+    initial_loss: float | None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
-          on_epoch: EpochCallback | None = None, probes: ProbeSchedule | None = None) -> list[dict[str, Any]]:
+          on_epoch: EpochCallback | None = None, probes: ProbeSchedule | None = None,
+          checkpoint_at: Collection[int] = (), on_checkpoint: Callable[[Checkpoint], None] | None = None,
+          resume: Checkpoint | None = None) -> list[dict[str, Any]]:
     """Train ``workload`` for up to ``epochs`` epochs under ``plan``; return (and stream) per-epoch metrics.
 
     Each epoch reports ``train_loss`` (the mean over its steps), ``val_loss`` and ``val_<metric>`` for the
@@ -35,6 +67,10 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
     diverges (non-finite) or a loss-driven schedule (AutoDecay) says so, or ``on_epoch`` returns True. Epoch 0 also
     reports ``initial_loss`` (its first batch's, before any step); every epoch ``large_step_phase``; an epoch that
     ``probes`` marks, the cooldown probe's ``cooldown_*`` metrics (``workers.cooldown``).
+
+    At the end of each epoch in ``checkpoint_at`` that training goes on from, ``on_checkpoint`` gets a
+    ``Checkpoint``; ``resume`` starts after the checkpoint's epoch instead of at 0 (``on_epoch`` is called for the
+    epochs trained here only; the returned history holds the checkpoint's epochs too).
     """
     model, train_split = workload.model, workload.data.train
     # What draws from torch's global RNG while training (dropout, augmentation) draws the same in every process,
@@ -43,7 +79,13 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
     driver = PhasedOptimizer(plan, workload.optimizer_params())
     history: list[dict[str, Any]] = []
     initial_loss: float | None = None
-    for epoch in range(epochs):
+    first_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        driver.load_state_dict(resume.driver)
+        _set_rng_state(resume.rng)
+        history, initial_loss, first_epoch = copy.deepcopy(resume.history), resume.initial_loss, resume.epoch + 1
+    for epoch in range(first_epoch, epochs):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=workload.device)  # summed on device: no sync per step
@@ -85,4 +127,7 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
         stop = on_epoch(metrics) if on_epoch is not None else None
         if metrics[LAST_EPOCH] or stop:
             break
+        if epoch in checkpoint_at and on_checkpoint is not None:
+            on_checkpoint(Checkpoint(epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(driver.state_dict()),
+                                     _rng_state(), copy.deepcopy(history), initial_loss))
     return history

@@ -7,6 +7,8 @@ ask the plan for ``(phase, lr, momentum)`` at each step, so what is traced is wh
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,23 @@ class Plan:
         loss-driven phase (AutoDecay) that has not yet decayed. Looking worse there than a small-step trial is by
         design, so early stopping never judges a trial there (``workers.early_stopping``)."""
         return step < self.decay_start_step() or self.phases[self.phase_index(step)].schedule.awaiting_decay()
+
+    def prefix_signature(self, epochs: int) -> str | None:
+        """What the first ``epochs`` epochs train with, as a digest: every step's (phase, lr, momentum) and the
+        optimizer settings of each phase begun in them. Two plans with the same signature train those epochs alike
+        (a checkpoint taken under one resumes under the other: ``workers.checkpoints``). None where a phase begun
+        in them is loss-driven (AutoDecay): its values depend on the losses, not on the plan alone."""
+        end = min(epochs * self.steps_per_epoch, self.total_steps)
+        begun = [phase for phase in self.phases if phase.start_step < end]
+        if any(phase.schedule.loss_driven() for phase in begun):
+            return None
+        digest = hashlib.sha256()
+        for phase in begun:
+            digest.update(repr((phase.start_step, dataclasses.astuple(phase.optimizer))).encode())
+        for step in range(end):
+            values = self(step)
+            digest.update(repr((values.phase, values.lr, values.momentum)).encode())
+        return digest.hexdigest()
 
     def extra_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}

@@ -100,6 +100,9 @@ class AutoDecay(LRSchedule):
         self.stopped_epoch = epoch
         return False
 
+    def loss_driven(self) -> bool:
+        return True
+
     def awaiting_decay(self) -> bool:
         return self.decays == 0 and self.stopped_epoch is None
 

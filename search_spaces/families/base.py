@@ -171,6 +171,10 @@ class LRSchedule(ABC):
         """Feed the epoch's mean training loss; return False to end training. Only loss-driven families care."""
         return True
 
+    def loss_driven(self) -> bool:
+        """Its values depend on the losses it observes, not on the step alone (AutoDecay)."""
+        return False
+
     def awaiting_decay(self) -> bool:
         """Still at its initial LR until a loss-driven decay comes (AutoDecay before its first): a large-step
         phase whose end is not known in advance, which early stopping must not judge."""

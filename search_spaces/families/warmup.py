@@ -67,6 +67,12 @@ class Warmup(LRSchedule):
     def observe(self, epoch: int, train_loss: float) -> bool:
         return self.inner.observe(epoch, train_loss)
 
+    def loss_driven(self) -> bool:
+        return self.inner.loss_driven()
+
+    def awaiting_decay(self) -> bool:  # a warmed-up AutoDecay is still a large-step phase until it decays
+        return self.inner.awaiting_decay()
+
     def extra_attrs(self) -> dict[str, Any]:
         return self.inner.extra_attrs()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from search_spaces import params, segment
 from search_spaces.errors import RuleError, SpecError
+from search_spaces.families.base import Interval, momentum_range
 from search_spaces.units import UNITS
 
 PRESET = "preset"
@@ -35,6 +36,10 @@ REGIMES_OPTIONS: dict[str, str] = {
     "transition_epoch": "the epoch phase 2 starts: a constant or range in [1, epochs - 1] "
                         "(default [0.3, 0.9] x epochs)",
 }
+# The options' bounds: checked here, published by search_spaces.schema.
+PHASE1_UPPER = Interval(0, 1, open_low=True)
+PHASE2_EFFECTIVE_LR = Interval(0, 1, open_low=True)  # x lr_crit: phase 2 is the small-step regime
+PHASE2_MOMENTUM = momentum_range
 DEFAULT_PHASE2_EFFECTIVE_LR = {"low": 0.01, "high": 1.0, "log": True}
 DEFAULT_PHASE2_MOMENTUM = {"choices": [0.9, 0.95, 0.98, 0.99]}
 
@@ -76,14 +81,14 @@ def validate(space: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> Non
     if epochs < 2:
         raise RuleError((PRESET,), f"preset {name!r} has two phases and needs epochs >= 2, got {epochs}")
     upper = space.get("phase1_upper", 1.0)
-    if isinstance(upper, bool) or not isinstance(upper, (int, float)) or not 0 < upper <= 1:
+    if isinstance(upper, bool) or not isinstance(upper, (int, float)) or not PHASE1_UPPER.contains(upper):
         raise SpecError(("phase1_upper",), f"must be a number in (0, 1], got {upper!r}")
     _check_effective_lr(space.get("phase2_effective_lr", DEFAULT_PHASE2_EFFECTIVE_LR))
     momentum = params.parse(space.get("phase2_momentum", DEFAULT_PHASE2_MOMENTUM), ("phase2_momentum",))
     if isinstance(momentum, params.Range) and momentum.unit is not None:
         raise SpecError(("phase2_momentum", "unit"), "a momentum has no unit")
     for value in params.candidates(momentum):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not PHASE2_MOMENTUM.contains(value):
             raise SpecError(("phase2_momentum",), f"must lie in [0, 1), got {value!r}")
     transition = params.parse(space.get("transition_epoch", default_transition(epochs)), ("transition_epoch",))
     if isinstance(transition, params.Choices) or (isinstance(transition, params.Range) and transition.unit):
@@ -104,9 +109,9 @@ def _check_effective_lr(raw: Any) -> None:
         raise SpecError(loc, "must be a range {low, high} in units of lr_crit")
     if parsed.unit is not None:
         raise SpecError((*loc, "unit"), "is always lr_crit here; leave 'unit' out")
-    if parsed.low <= 0:
+    if not PHASE2_EFFECTIVE_LR.contains(parsed.low):
         raise SpecError((*loc, "low"), f"must be > 0, got {parsed.low}")
-    if parsed.high > 1:
+    if not PHASE2_EFFECTIVE_LR.contains(parsed.high):
         raise SpecError((*loc, "high"),
                         f"phase 2 is the small-step regime: must be <= 1 (x lr_crit), got {parsed.high}")
 

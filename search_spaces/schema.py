@@ -15,7 +15,7 @@ from typing import Any
 
 from search_spaces import params, presets, space, units
 from search_spaces.families import FAMILIES, Field
-from search_spaces.families.base import MAX_FLOAT, Interval, momentum_range
+from search_spaces.families.base import MAX_FLOAT
 from search_spaces.families.warmup import WARMUP_FIELDS
 from search_spaces.segment import EFFECTIVE_LR, EFFECTIVE_LR_FIELD, OPTIMIZER_FIELDS, WARMUP
 
@@ -26,15 +26,12 @@ ROOT = "Schedule"
 def _value(field: Field) -> dict[str, Any]:
     """One concrete value of ``field``."""
     kind = "float" if field.kind == "list" else field.kind  # a list field's elements
-    schema: dict[str, Any] = {"type": _KINDS[kind]}
+    schema: dict[str, Any] = {"type": _KINDS[kind], **(field.check.json_schema() if field.check else {})}
     if kind in ("float", "int"):  # a JSON number beyond any float (10**400) is none here
-        schema.update({"minimum": -MAX_FLOAT, "maximum": MAX_FLOAT})
-    if field.check is not None:
-        schema.update(field.check.json_schema())
-        if "exclusiveMinimum" in schema:
-            schema.pop("minimum")
-        if "exclusiveMaximum" in schema:
-            schema.pop("maximum")
+        if "exclusiveMinimum" not in schema:
+            schema.setdefault("minimum", -MAX_FLOAT)
+        if "exclusiveMaximum" not in schema:
+            schema.setdefault("maximum", MAX_FLOAT)
     return schema
 
 
@@ -97,12 +94,12 @@ def _segment(family: str, in_phases: bool, prefix: str) -> dict[str, Any]:
     if "lr" in cls.fields:
         # lr, or the effective step lr / (1 - momentum) with the momentum (the two-regimes parameterisation).
         properties[EFFECTIVE_LR] = _field(EFFECTIVE_LR, EFFECTIVE_LR_FIELD)
-        others = [name for name in required if name != "lr"]
-        # Both: a concrete schedule records both (a rule_error unless they agree).
+        # With effective_lr the momentum is required and not null; a concrete schedule records both lr and
+        # effective_lr (a rule_error unless they agree).
         schema["anyOf"] = [{"required": ["lr"], "not": {"required": [EFFECTIVE_LR]}},
                            {"required": [EFFECTIVE_LR, "momentum"],
-                            "properties": {"momentum": param(_value(OPTIMIZER_FIELDS["momentum"]))}}]  # not null
-        required = others
+                            "properties": {"momentum": param(_value(OPTIMIZER_FIELDS["momentum"]))}}]
+        required = [name for name in required if name != "lr"]
     if not (in_phases and family == "constant"):
         required = ["family", *required]
     if required:
@@ -130,11 +127,11 @@ def _phases(prefix: str) -> dict[str, Any]:
 
 
 def _preset() -> dict[str, Any]:
-    momentum = param({"type": "number", **momentum_range.json_schema()}, searchable_range=True)
-    effective = _range({"type": "number", **Interval(0, 1, open_low=True).json_schema()}, unit=False)
+    momentum = param({"type": "number", **presets.PHASE2_MOMENTUM.json_schema()})
+    effective = _range({"type": "number", **presets.PHASE2_EFFECTIVE_LR.json_schema()}, unit=False)
     properties: dict[str, Any] = {
         presets.PRESET: {"enum": list(presets.PRESETS)},
-        "phase1_upper": {"type": "number", **Interval(0, 1, open_low=True).json_schema()},
+        "phase1_upper": {"type": "number", **presets.PHASE1_UPPER.json_schema()},
         "phase2_effective_lr": effective,
         "phase2_momentum": momentum,
         "transition_epoch": _transition(),

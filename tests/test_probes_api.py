@@ -129,21 +129,21 @@ def test_a_hundred_slow_probes_leave_the_api_answering(tmp_path, ray_address):
     """Probes that cannot start (a GPU this cluster does not have, admitted because PHASETUNE_WAIT_FOR_NODES says
     one may join) take no request thread: 100 of them answer 202 at once, /health and GET /studies answer beside
     them, and each probe's record says it is running."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tests.conftest import Server
 
     server = Server(f"sqlite:///{tmp_path / 'probes.db'}", ray_address, tmp_path,
                     PHASETUNE_WAIT_FOR_NODES="true").start()
     body = {"kind": "curvature", "workload": QUADRATIC, "resources": {"cpu": 1, "gpu": 1}}
     try:
-        _hundred_probes(server, body, ThreadPoolExecutor)
+        _hundred_probes(server, body)
     finally:
         server.stop()
 
 
-def _hundred_probes(server, body, executor) -> None:
-    with executor(max_workers=20) as pool, server.client() as client:
+def _hundred_probes(server, body) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=20) as pool, server.client() as client:
         answers = list(pool.map(lambda _: client.post("/probes", json=body), range(100)))
         assert [a.status_code for a in answers] == [202] * 100
         started = time.monotonic()

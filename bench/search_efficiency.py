@@ -114,6 +114,7 @@ import multiprocessing
 import os
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -129,7 +130,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from search_spaces import SpecError, build_plan, sample_schedule, validate_schedule  # noqa: E402
-from search_spaces.space import check_expandable  # noqa: E402
+from search_spaces.space import check_expandable, checkpoint_epochs  # noqa: E402
+from workers.branching import Branching, Completed, TrialBranch, propose  # noqa: E402
+from workers.checkpoints import CheckpointStore  # noqa: E402
 from workers.early_stopping import COOLDOWN_STEPS, EarlyStopper, EarlyStopping, ProbeSchedule  # noqa: E402
 from workers.optuna_study import TrialOutcome, sampler_for, trial_end  # noqa: E402
 from workers.results import LAST_EPOCH  # noqa: E402
@@ -139,10 +142,11 @@ from workers.train import train  # noqa: E402
 from workers.workloads import build_workload, steps_per_epoch, workloads  # noqa: E402
 from workers.workloads.cache import WorkloadCache  # noqa: E402
 
-METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "schedulefree")
-POLICIES = {"full": "none", "median": "median", "asha": "asha", "schedule_aware": "schedule_aware"}
+METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "branching", "schedulefree")
+POLICIES = {"full": "none", "median": "median", "asha": "asha", "schedule_aware": "schedule_aware",
+            "branching": "schedule_aware"}
 NAIVE = ("median", "asha")
-MISPRUNE_METHODS = ("median", "asha", "top1epoch", "schedule_aware")
+MISPRUNE_METHODS = ("median", "asha", "top1epoch", "schedule_aware", "branching")
 
 
 def default_space(epochs: int) -> dict[str, Any]:
@@ -169,6 +173,7 @@ BN_BATCHES = 50  # schedule-free's BatchNorm recompute (its README's caveat)
 MAX_FAILED_IN_A_ROW = 100  # invalid samples in a row before a job gives up (a space that cannot be sampled)
 MAX_CORNERS = 4096
 GOAL_VS_FULL, GOAL_VS_NAIVE = 3.0, 1.5
+GOAL_BRANCHING_VS_FULL, GOAL_BRANCHING_VS_AWARE = 4.0, 1.5
 
 
 def ok(holds: bool) -> str:
@@ -309,38 +314,105 @@ def ask(study: optuna.Study, setup: Setup, units: Mapping[str, float],
 
 
 def run_tpe(setup: Setup, method: str, seed: int, units: Mapping[str, float]) -> dict[str, Any]:
-    """``full``, ``median``, ``asha``, ``schedule_aware``: TPE trials with the policy's stopper until the budget."""
+    """``full``, ``median``, ``asha``, ``schedule_aware``: TPE trials with the policy's stopper until the budget.
+    ``branching``: ``schedule_aware`` with the service's branching (``workers.branching``) on a checkpoint store in
+    a temporary directory: children proposed and enqueued as the searcher does, each trial resumed from the deepest
+    stored checkpoint of its prefix; reused epochs are reported to Optuna and the stopper again but not charged,
+    and checkpoint I/O counts in the wall seconds."""
     config = EarlyStopping.parse({"policy": POLICIES[method]})
     stopper = EarlyStopper(config, setup.epochs, setup.metric, setup.maximize)
     study = make_study(setup, seed)
     cache = warm_cache(setup, seed)
     ledger = Ledger(setup)
-    while not ledger.exhausted:
-        asked = ask(study, setup, units, ledger)
-        if asked is None:
-            continue
-        trial, schedule, plan = asked
-        workload, order_seed = workload_for(setup, seed, trial.number, cache)
-        state: dict[str, Any] = {"stopped": False, "cut": False}
+    branches = Branches(setup, seed) if method == "branching" else None
+    with branches or contextlib.nullcontext():
+        while not ledger.exhausted:
+            if branches is not None:
+                branches.enqueue_child(study)
+            asked = ask(study, setup, units, ledger)
+            if asked is None:
+                continue
+            trial, schedule, plan = asked
+            workload, order_seed = workload_for(setup, seed, trial.number, cache)
+            state: dict[str, Any] = {"stopped": False, "cut": False}
 
-        def on_epoch(result: dict[str, Any], trial: optuna.Trial = trial, state: dict[str, Any] = state) -> bool:
-            ledger.charge(result)
-            report(trial, setup, result)
-            decision, _ = stopper.decide(trial.number, result)
-            if decision is not None and decision.stop:
-                state["stopped"], state["reason"] = True, decision.reason
-            elif ledger.exhausted and not result[LAST_EPOCH]:
-                state["cut"] = True
-            return state["stopped"] or state["cut"]
+            def judge(result: dict[str, Any], trial: optuna.Trial = trial, state: dict[str, Any] = state) -> bool:
+                report(trial, setup, result)
+                decision, _ = stopper.decide(trial.number, result)
+                if decision is not None and decision.stop:
+                    state["stopped"], state["reason"] = True, decision.reason
+                elif ledger.exhausted and not result[LAST_EPOCH]:
+                    state["cut"] = True
+                return state["stopped"] or state["cut"]
 
-        history = train(workload, plan, setup.epochs, order_seed=order_seed, on_epoch=on_epoch,
-                        probes=ProbeSchedule(config, setup.epochs))
-        end = trial_end(history[-1], lost=False, stop_requested=state["cut"], metric=setup.metric,
-                        stopped_by=state.get("reason"))
-        study.tell(trial, end.value, state=end.outcome.value)
-        stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
-        ledger.ended(history, schedule, state["stopped"], state["cut"])
-    return ledger.out(stopper=stopper)
+            def on_epoch(result: dict[str, Any], judge: Callable[[dict[str, Any]], bool] = judge) -> bool:
+                ledger.charge(result)
+                return judge(result)
+
+            branch, resume = (None, None) if branches is None else branches.open(trial.number, plan)
+            history: list[dict[str, Any]] = []
+            for reused in resume.history if resume is not None else []:  # the prefix's epochs, judged again
+                history.append(reused)
+                if judge(reused):
+                    break
+            else:
+                history = train(workload, plan, setup.epochs, order_seed=order_seed, on_epoch=on_epoch,
+                                probes=ProbeSchedule(config, setup.epochs), resume=resume,
+                                checkpoint_at=branch.checkpoint_at if branch is not None else (),
+                                on_checkpoint=branch.save if branch is not None else None)
+            if branches is not None:
+                branches.ended(branch)
+            end = trial_end(history[-1], lost=False, stop_requested=state["cut"], metric=setup.metric,
+                            stopped_by=state.get("reason"))
+            study.tell(trial, end.value, state=end.outcome.value)
+            stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
+            ledger.ended(history, schedule, state["stopped"], state["cut"])
+    return ledger.out(stopper=stopper, **(branches.out() if branches is not None else {}))
+
+
+class Branches:
+    """The ``branching`` method's store and proposals: the service's ``workers.branching`` at its defaults."""
+
+    def __init__(self, setup: Setup, seed: int) -> None:
+        self.setup, self.seed = setup, seed
+        self.config = Branching(enabled=True)
+        self.epochs = list(checkpoint_epochs(setup.space, setup.epochs))
+        self.tmp = tempfile.TemporaryDirectory(prefix="phasetune-bench-ckpt-")
+        self.store = CheckpointStore(self.tmp.name, self.config.max_bytes)
+        self.counts = {"children": 0, "reuses": 0, "reused_epochs": 0, "checkpoints_written": 0,
+                       "checkpoint_bytes": 0, "checkpoint_io_s": 0.0}
+
+    def __enter__(self) -> Branches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tmp.cleanup()
+
+    def enqueue_child(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        completed = [Completed(t.number, t.value, t.params) for t in trials
+                     if t.state is optuna.trial.TrialState.COMPLETE and t.value is not None]
+        proposal = propose(completed, len(trials), self.config, maximize=self.setup.maximize,
+                           startup=SamplerSpec().n_startup_trials, seed=self.seed)
+        if proposal is not None:
+            study.enqueue_trial(proposal.params, skip_if_exists=False)
+            self.counts["children"] += 1
+
+    def open(self, number: int, plan: Any) -> tuple[TrialBranch, Any]:
+        seeds = trial_seeds(self.seed, SeedPolicy(), number)
+        branch = TrialBranch.open({"root": self.tmp.name, "max_bytes": self.config.max_bytes, "epochs": self.epochs},
+                                  self.setup.workload, dict(self.setup.params), seeds, plan, number)
+        return branch, branch.resume()
+
+    def ended(self, branch: TrialBranch) -> None:
+        self.counts["reuses"] += branch.parent is not None
+        self.counts["reused_epochs"] += branch.reused_epochs
+        self.counts["checkpoints_written"] += branch.written
+        self.counts["checkpoint_bytes"] += branch.bytes_written
+        self.counts["checkpoint_io_s"] += branch.io_seconds
+
+    def out(self) -> dict[str, Any]:
+        return dict(self.counts)
 
 
 def top1_sizes(trials: int, epochs: int) -> tuple[int, int]:
@@ -767,6 +839,31 @@ def main() -> None:
     summarize(args, setup, seeds, probes, runs, misprunes, time.perf_counter() - started)
 
 
+def print_branching(runs: Mapping[str, Mapping[int, dict[str, Any]]], seeds: list[int],
+                    summary: dict[str, dict[str, Any]], e2t: Mapping[str, np.ndarray], resamples: np.ndarray,
+                    with_schedule_aware: bool) -> None:
+    """What branching reused and what its checkpoints cost, and its goals."""
+    mine = [runs["branching"][s] for s in seeds]
+    io_s, wall_s = sum(r["checkpoint_io_s"] for r in mine), sum(r["wall_s"] for r in mine)
+    print(f"\nbranching: {sum(r['children'] for r in mine)} children proposed, {sum(r['reuses'] for r in mine)} "
+          f"trials resumed from a checkpoint, {sum(r['reused_epochs'] for r in mine)} epochs reused (not trained), "
+          f"{sum(r['checkpoints_written'] for r in mine)} checkpoints written "
+          f"({sum(r['checkpoint_bytes'] for r in mine) / 1e6:.1f} MB); checkpoint I/O {io_s:.1f} s of "
+          f"{wall_s:.1f} s wall = {100 * io_s / wall_s if wall_s else 0.0:.2f}% (goal < 5%): "
+          f"{ok(io_s < 0.05 * wall_s)}")
+    print("goals:")
+    vs_full = summary["branching"]["ratio_vs_full"]
+    lo = vs_full["ci"][0]
+    print(f"  branching vs full: {fmt_ratio(vs_full)} (goal >= {GOAL_BRANCHING_VS_FULL:g}x, lower bound > 1): "
+          f"{ok(vs_full['median'] >= GOAL_BRANCHING_VS_FULL and lo is not None and lo > 1)}")
+    if with_schedule_aware:
+        vs_aware = summary["branching"]["ratio_vs_schedule_aware"] = ratio_stats(
+            e2t["schedule_aware"], e2t["branching"], resamples)
+        lo = vs_aware["ci"][0]
+        print(f"  branching vs schedule_aware: {fmt_ratio(vs_aware)} (goal >= {GOAL_BRANCHING_VS_AWARE:g}x, lower "
+              f"bound > 1): {ok(vs_aware['median'] >= GOAL_BRANCHING_VS_AWARE and lo is not None and lo > 1)}")
+
+
 def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: Mapping[int, Any],
               runs: Mapping[str, Mapping[int, dict[str, Any]]], misprunes: Mapping[int, Any], wall: float) -> None:
     methods = args.methods
@@ -873,6 +970,9 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
                 said = ", ".join(f"{m} {r:.2f}" for m, r in rates.items())
                 print(f"  mis-prune rate: schedule_aware {mine:.2f}, {said} (goal <= half the lower, {bar:.2f}): "
                       f"{ok(mine <= bar)}")
+
+    if "branching" in methods:
+        print_branching(runs, seeds, summary, e2t, resamples, "schedule_aware" in methods)
 
     if args.json:
         out_runs = {m: {str(s): {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,21 +71,32 @@ class Plan:
         return step < self.decay_start_step() or self.phases[self.phase_index(step)].schedule.awaiting_decay()
 
     def prefix_signature(self, epochs: int) -> str | None:
-        """What the first ``epochs`` epochs train with, as a digest: every step's (phase, lr, momentum) and the
-        optimizer settings of each phase begun in them. Two plans with the same signature train those epochs alike
-        (a checkpoint taken under one resumes under the other: ``workers.checkpoints``). None where a phase begun
-        in them is loss-driven (AutoDecay): its values depend on the losses, not on the plan alone."""
-        end = min(epochs * self.steps_per_epoch, self.total_steps)
-        begun = [phase for phase in self.phases if phase.start_step < end]
-        if any(phase.schedule.loss_driven() for phase in begun):
-            return None
+        """What the first ``epochs`` epochs train with, as a digest (``prefix_signatures``)."""
+        return self.prefix_signatures([epochs])[epochs]
+
+    def prefix_signatures(self, ends: Iterable[int]) -> dict[int, str | None]:
+        """For each epoch count in ``ends``, what the first that many epochs train with, as a digest: every step's
+        (phase, lr, momentum) and the optimizer settings of each phase begun in them, in one pass over the steps.
+        Two plans with the same signature train those epochs alike (a checkpoint taken under one resumes under
+        the other: ``workers.checkpoints``). None where a phase begun in them is loss-driven (AutoDecay): its
+        values depend on the losses, not on the plan alone."""
+        wanted = sorted(set(ends))
+        out: dict[int, str | None] = {}
         digest = hashlib.sha256()
-        for phase in begun:
-            digest.update(repr((phase.start_step, dataclasses.astuple(phase.optimizer))).encode())
-        for step in range(end):
-            values = self(step)
-            digest.update(repr((values.phase, values.lr, values.momentum)).encode())
-        return digest.hexdigest()
+        starts = {phase.start_step: phase for phase in self.phases}
+        step, loss_driven = 0, False
+        for epochs in wanted:
+            end = min(epochs * self.steps_per_epoch, self.total_steps)
+            while step < end and not loss_driven:
+                if step in starts:
+                    phase = starts[step]
+                    loss_driven = phase.schedule.loss_driven()
+                    digest.update(repr((phase.start_step, dataclasses.astuple(phase.optimizer))).encode())
+                values = self(step)
+                digest.update(repr((values.phase, values.lr, values.momentum)).encode())
+                step += 1
+            out[epochs] = None if loss_driven else digest.copy().hexdigest()
+        return out
 
     def extra_attrs(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {}

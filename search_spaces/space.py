@@ -6,6 +6,7 @@ concrete schedule from an Optuna trial, define-by-run, so a family's parameters 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,3 +138,24 @@ def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
             parsed = params.Range(max(parsed.low, transitions[-1] + gap), parsed.high, parsed.log, parsed.step)
         transitions.append(params.suggest(trial, f"{prefix}transition_epoch{i}", parsed, units))
     return {"family": PHASES, "phases": phases, "transition_epochs": transitions}
+
+
+def checkpoint_epochs(space: Mapping[str, Any], epochs: int) -> tuple[int, ...]:
+    """The epochs (0-based) at whose end a later phase of some sample of ``space`` could begin: the transition-epoch
+    grid, each candidate boundary ``t`` as the last full epoch before it, ``floor(t) - 1``. A checkpoint there is
+    where a branch of the trial could start (``workers.branching``). Empty for a space without phases."""
+    grid: set[int] = set()
+    for option in space["choices"] if "choices" in space else [space]:
+        if presets.is_preset(option):
+            transitions = [option.get("transition_epoch", presets.default_transition(epochs))]
+        elif option.get("family") == PHASES:
+            transitions = list(option.get("transition_epochs", []))
+        else:
+            continue
+        for raw in transitions:
+            parsed = params.parse(raw)
+            if isinstance(parsed, params.Range):
+                grid.update(range(math.floor(parsed.low) - 1, math.floor(parsed.high)))
+            else:
+                grid.update(math.floor(float(value)) - 1 for value in params.candidates(parsed))
+    return tuple(sorted(e for e in grid if 0 <= e < epochs - 1))

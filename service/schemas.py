@@ -18,6 +18,8 @@ from search_spaces.probes import CurvatureOptions, LRRangeOptions
 from service.auth import Scope
 from service.db import TOKEN_NAME_MAX, ProbeStatus
 from service.openapi import SCHEDULE_FIELD
+from workers.branching import BOUNDS as BRANCHING_BOUNDS
+from workers.branching import Branching
 from workers.early_stopping import BOUNDS, EarlyStopping, Policy
 from workers.probing import ProbeKind
 from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
@@ -107,6 +109,20 @@ class EarlyStoppingIn(BaseModel):
                                                                    f"{EarlyStopping.divergence_factor:g})")
 
 
+class BranchingIn(BaseModel):
+    """Trials that share a schedule prefix share its training: a child resumes from the checkpoint its parent left
+    at a phase boundary. See README, "Branching"."""
+
+    model_config = INPUT
+    enabled: bool = Branching.enabled
+    child_fraction: float = Field(Branching.child_fraction, **_within(BRANCHING_BOUNDS["child_fraction"]),
+                                  description="the share of trials after the sampler's start-up that are children")
+    top_k: int = Field(Branching.top_k, **_within(BRANCHING_BOUNDS["top_k"]),
+                       description="a child's parent is one of the best top_k completed trials")
+    max_bytes: int = Field(Branching.max_bytes, **_within(BRANCHING_BOUNDS["max_bytes"]),
+                           description="the checkpoint store's cap; the least recently used checkpoints go first")
+
+
 class StudyCreate(BaseModel):
     """The public study spec (see README)."""
 
@@ -131,6 +147,7 @@ class StudyCreate(BaseModel):
                                              description="the study ends this long after it began running; its "
                                                          "running trials end PRUNED")
     early_stopping: EarlyStoppingIn = Field(default_factory=EarlyStoppingIn)
+    branching: BranchingIn = Field(default_factory=BranchingIn)
 
 
 class TrialOut(BaseModel):
@@ -154,6 +171,8 @@ class StudyOut(BaseModel):
     best_trial: TrialOut | None
     error: str | None = None
     waiting_for: str | None = Field(None, description="what a study waiting_for_resources waits for")
+    checkpoints: dict[str, int] | None = Field(None, description="a branching study's checkpoint store: checkpoints "
+                                                                 "and bytes it holds, reuses and reused_epochs")
     dashboard_url: str | None = None
 
 

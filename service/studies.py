@@ -107,6 +107,7 @@ def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int,
         best_trial=trial_out(best, history=False) if best is not None and _finite(best.value) is not None else None,
         error=attrs.get(study_attrs.ERROR),
         waiting_for=attrs.get(study_attrs.WAITING_FOR) if status is StudyStatus.WAITING_FOR_RESOURCES else None,
+        checkpoints=attrs.get(study_attrs.CHECKPOINTS),
         dashboard_url=settings.dashboard_address if settings.start_dashboard or settings.dashboard_url else None,
     )
 

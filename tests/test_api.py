@@ -356,3 +356,67 @@ def test_resources_no_node_has_are_a_422_or_with_wait_for_nodes_a_visible_wait(m
         assert study["status"] == "stopped" and study["n_trials"] == 0, study
     finally:
         waiting.stop()
+
+
+def test_a_branching_study_trains_shared_prefixes_once_and_a_restarted_driver_keeps_the_store(
+        storage_url, server_factory, ray_client):
+    """Over REST: children resume from their parents' checkpoints (parent, epoch, reused epochs recorded), their
+    curves are whole in the API, Optuna and the dashboard (the reused prefix marked, equal to the parent's), fewer
+    epochs are trained than trials x epochs, and the study reports its store; a driver killed mid-study is
+    restarted and its trials go on branching, counting on."""
+    import ray
+
+    from workers.driver import find_driver
+
+    name, epochs, n_trials = "branching", 8, 10
+    spec = small_spec(name, epochs=epochs, n_trials=n_trials,
+                      branching={"enabled": True, "child_fraction": 1.0, "top_k": 2})
+    spec["schedule"]["transition_epochs"] = [{"low": 2, "high": 6}]
+    server = server_factory(storage_url)
+    with server.client() as client:
+        created = client.post("/studies", json=spec)
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+        wait_for(lambda: client.get(f"/studies/{study_id}").json()["trial_counts"].get("COMPLETE", 0) >= 4, 240,
+                 "four completed trials")
+        ray.kill(find_driver(storage_url, name), no_restart=False)  # Ray restarts it (max_restarts)
+        study = wait_for_status(client, study_id, ("completed", "failed", "stopped"))
+        trials = {t["number"]: t for t in client.get(f"/studies/{study_id}/trials").json()}
+    assert study["status"] == "completed", study.get("error")
+    children = [t for t in trials.values() if (t["user_attrs"].get("branch") or {}).get("parent") is not None]
+    assert len(children) >= 2, [t["user_attrs"].get("branch") for t in trials.values()]
+    for child in children:
+        branch = child["user_attrs"]["branch"]
+        parent = trials[branch["parent"]]
+        reused = branch["reused_epochs"]
+        assert reused == branch["branched_at_epoch"] + 1 and 1 <= reused < epochs, branch
+        assert child["schedule"]["phases"][0] == parent["schedule"]["phases"][0]
+        if child["state"] == "COMPLETE":
+            assert [m["epoch"] for m in child["metrics"]] == list(range(epochs))
+        assert [bool(m.get("reused")) for m in child["metrics"]][:reused + 1] == [True] * reused + [False]
+        for mine, theirs in zip(child["metrics"][:reused], parent["metrics"][:reused], strict=True):
+            assert mine["val_loss"] == theirs["val_loss"] and mine["lr"] == theirs["lr"]  # the parent's prefix
+    trained = sum(len(t["metrics"]) - ((t["user_attrs"].get("branch") or {}).get("reused_epochs") or 0)
+                  for t in trials.values())
+    assert trained < len(trials) * epochs
+    store = study["checkpoints"]
+    assert store["checkpoints"] > 0 and store["bytes"] > 0 and store["reuses"] == len(children), store
+    assert store["reused_epochs"] == sum(c["user_attrs"]["branch"]["reused_epochs"] for c in children)
+    swept = [t["number"] for t in trials.values() if t["user_attrs"].get("phasetune_swept")]
+    assert swept, "the kill came after the study's end: nothing was running"
+    assert any(c["number"] > max(swept) for c in children), "no trial branched after the driver's restart"
+
+    loaded = optuna.load_study(study_name=name, storage=storage_url)
+    for frozen in loaded.trials:
+        if frozen.state == optuna.trial.TrialState.COMPLETE:
+            assert sorted(frozen.intermediate_values) == list(range(epochs))
+    dashboard, url = start_dashboard(storage_url, str(server.workdir / "artifacts"))
+    try:
+        summaries = httpx.get(f"{url}/api/studies", timeout=10).json()["study_summaries"]
+        dashboard_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+        detail = httpx.get(f"{url}/api/studies/{dashboard_id}", timeout=10).json()
+        shown = {t["number"]: t for t in detail["trials"]}
+        assert all(len(shown[c["number"]]["intermediate_values"]) == epochs
+                   for c in children if c["state"] == "COMPLETE")
+    finally:
+        stop_group(dashboard)

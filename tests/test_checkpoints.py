@@ -47,13 +47,13 @@ def test_a_stored_checkpoint_resumes_exactly(tmp_path):
     plan = build_plan(parent_schedule, EPOCHS, parent.steps_per_epoch)
     key = prefix_key("digits", {}, SEEDS, plan, at)
     train(parent, plan, EPOCHS, order_seed=SEEDS.batch_order, checkpoint_at={at},
-          on_checkpoint=lambda c: store.put(key, c))
+          on_checkpoint=lambda c: store.put(key, c, trial=4))
     assert store.stats()["checkpoints"] == 1 and store.stats()["bytes"] > 0
     branch = build_workload("digits", {}, SEEDS)
     branch_plan = build_plan(branch_schedule, EPOCHS, branch.steps_per_epoch)
-    checkpoint = store.get(prefix_key("digits", {}, SEEDS, branch_plan, at))
-    assert checkpoint is not None and checkpoint.epoch == at
-    train(branch, branch_plan, EPOCHS, order_seed=SEEDS.batch_order, resume=checkpoint)
+    stored = store.get(prefix_key("digits", {}, SEEDS, branch_plan, at))
+    assert stored is not None and stored.checkpoint.epoch == at and stored.trial == 4
+    train(branch, branch_plan, EPOCHS, order_seed=SEEDS.batch_order, resume=stored.checkpoint)
     scratch = build_workload("digits", {}, SEEDS)
     train(scratch, build_plan(branch_schedule, EPOCHS, scratch.steps_per_epoch), EPOCHS, order_seed=SEEDS.batch_order)
     for mine, theirs in zip(branch.model.state_dict().values(), scratch.model.state_dict().values(), strict=True):

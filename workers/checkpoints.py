@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,26 @@ from workers.train import Checkpoint
 
 logger = logging.getLogger(__name__)
 SUFFIX = ".ckpt"
+RESCAN_PUTS = 20  # the directory is scanned (and evicted down to the cap) at the first put and every 20th, and
+# whenever what this object knows of the store's size passes the cap: other processes' writes count from the next
 
 
 def prefix_key(workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan, epoch: int) -> str | None:
     """The key of the checkpoint at the end of epoch ``epoch`` (0-based) of a trial: the workload, its params and
     seeds (data, initial weights, batch order), and what the plan trains the first ``epoch + 1`` epochs with. None
     where the prefix cannot be shared (a loss-driven phase in it)."""
-    signature = plan.prefix_signature(epoch + 1)
+    return prefix_keys(workload, params, seeds, plan, [epoch])[epoch]
+
+
+def prefix_keys(workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan,
+                epochs: list[int] | tuple[int, ...]) -> dict[int, str | None]:
+    """``prefix_key`` at each of ``epochs``, in one pass over the plan's steps."""
+    signatures = plan.prefix_signatures(epoch + 1 for epoch in epochs)
+    return {epoch: _key(workload, params, seeds, plan, epoch, signatures[epoch + 1]) for epoch in epochs}
+
+
+def _key(workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan, epoch: int,
+         signature: str | None) -> str | None:
     if signature is None:
         return None
     identity = json.dumps({"workload": workload, "params": dict(params), "seeds": dataclasses.asdict(seeds),
@@ -44,37 +58,54 @@ def prefix_key(workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Pla
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A checkpoint from the store, and the trial that wrote it (the parent of a trial branching from it)."""
+
+    checkpoint: Checkpoint
+    trial: int | None
+
+
 class CheckpointStore:
     def __init__(self, root: str | Path, max_bytes: int) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self._estimate = 0  # the store's bytes as of the last scan, plus what this object wrote since
+        self._puts = 0
 
     def _path(self, key: str) -> Path:
         return self.root / f"{key}{SUFFIX}"
 
-    def put(self, key: str, checkpoint: Checkpoint) -> int:
-        """Store ``checkpoint`` under ``key`` (replacing one there); its size in bytes. Then evict down to the cap."""
+    def put(self, key: str, checkpoint: Checkpoint, trial: int | None = None) -> int:
+        """Store ``checkpoint``, written by trial number ``trial``, under ``key`` (replacing one there); its size in
+        bytes. Then evict down to the cap."""
         descriptor, temporary = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as out:
-                torch.save(dataclasses.asdict(checkpoint), out)
+                torch.save({"trial": trial, "checkpoint": dataclasses.asdict(checkpoint)}, out)
             os.replace(temporary, self._path(key))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
         size = self._path(key).stat().st_size
-        self._evict()
+        self._estimate += size
+        self._puts += 1
+        if self._estimate > self.max_bytes or self._puts % RESCAN_PUTS == 1:  # (a scan lists the whole directory)
+            self._evict()
         return size
 
-    def get(self, key: str) -> Checkpoint | None:
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def get(self, key: str) -> Stored | None:
         """The checkpoint under ``key``, or None (missing, evicted, unreadable: the caller trains from scratch)."""
         path = self._path(key)
         try:
             with open(path, "rb") as source:
                 state = torch.load(source, map_location="cpu", weights_only=True)
-            checkpoint = Checkpoint(**state)
+            stored = Stored(Checkpoint(**state["checkpoint"]), state["trial"])
         except FileNotFoundError:
             return None
         except Exception as err:  # noqa: BLE001  (corrupt or from another version: a miss, and it goes)
@@ -84,7 +115,7 @@ class CheckpointStore:
             return None
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)  # recently used
-        return checkpoint
+        return stored
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         found = []
@@ -97,12 +128,14 @@ class CheckpointStore:
     def _evict(self) -> None:
         entries = self._entries()
         total = sum(size for _, size, _ in entries)
+        self._estimate = total
         for _, size, path in entries:  # least recently used first
             if total <= self.max_bytes:
                 break
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             total -= size
+            self._estimate = total
 
     def stats(self) -> dict[str, int]:
         """What the store holds: ``checkpoints`` and ``bytes``."""

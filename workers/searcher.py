@@ -22,9 +22,10 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from search_spaces import SpecError, build_plan, sample_schedule
+from search_spaces import SpecError, build_plan, sample_schedule, space
 from search_spaces.plot import upload_schedule_png
-from workers import early_stopping, optuna_study, results, study_attrs
+from workers import branching, early_stopping, optuna_study, results, study_attrs
+from workers.checkpoints import CheckpointStore
 from workers.early_stopping import Decision, EarlyStopper, TrialRecords
 from workers.epoch_log import EpochLog
 from workers.handle import StudyHandle
@@ -38,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 class OptunaStudySearcher(Searcher):
-    def __init__(self, handle: StudyHandle, units: dict[str, float] | None = None) -> None:
+    def __init__(self, handle: StudyHandle, units: dict[str, float] | None = None,
+                 checkpoint_root: str | None = None) -> None:
         super().__init__(metric=handle.spec.objective.metric,
                          mode="max" if handle.spec.objective.direction is Direction.MAXIMIZE else "min")
         self._handle = handle
@@ -51,6 +53,7 @@ class OptunaStudySearcher(Searcher):
         self._last: dict[str, dict[str, Any]] = {}  # each running trial's last epoch result
         self._stops: dict[str, Decision] = {}  # trials early stopping has stopped, until they end
         self._cooldown: dict[str, dict[str, float]] = {}  # each running trial's cooldown-probe cost so far
+        self._checkpoint_root = checkpoint_root  # the study's checkpoint store, when it branches
 
     @property
     def _study(self) -> optuna.Study:
@@ -112,8 +115,45 @@ class OptunaStudySearcher(Searcher):
         """Trials still to start: the budget minus finished and running ones (constant work: no trial is read)."""
         return self._spec.n_trials - self._finished_at_start - self._ended - len(self._trials)
 
+    @cached_property
+    def _branching(self) -> dict[str, Any] | None:
+        """What every trial's config says of the checkpoint store (None: the study does not branch)."""
+        config = self._spec.branching
+        if not config.enabled or self._checkpoint_root is None:
+            return None
+        return {"root": self._checkpoint_root, "max_bytes": config.max_bytes,
+                "epochs": list(space.checkpoint_epochs(self._spec.schedule, self._spec.epochs))}
+
+    @cached_property
+    def _store(self) -> CheckpointStore | None:
+        if self._branching is None:
+            return None
+        return CheckpointStore(self._branching["root"], self._branching["max_bytes"])
+
+    @cached_property
+    def _store_use(self) -> dict[str, int]:
+        """The study's reuses so far, counted on from what earlier drivers recorded."""
+        recorded = self._study.user_attrs.get(study_attrs.CHECKPOINTS) or {}
+        return {"reuses": int(recorded.get("reuses", 0)), "reused_epochs": int(recorded.get("reused_epochs", 0))}
+
+    def _enqueue_child(self) -> None:
+        """Make the next trial a child of a promising prefix when ``branching.propose`` says so: its shared params
+        fixed (Optuna's ``enqueue_trial``), the sampler draws the rest."""
+        if self._branching is None:
+            return
+        trials = self._study.get_trials(deepcopy=False)
+        completed = [branching.Completed(t.number, t.value, t.params) for t in trials
+                     if t.state is TrialState.COMPLETE and t.value is not None]
+        proposal = branching.propose(completed, len(trials), self._spec.branching,
+                                     maximize=self._spec.objective.direction is Direction.MAXIMIZE,
+                                     startup=self._spec.sampler.n_startup_trials, seed=self._spec.sampler_seed)
+        if proposal is not None:
+            self._study.enqueue_trial(proposal.params, user_attrs={branching.BRANCH_OF: proposal.parent},
+                                      skip_if_exists=False)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while not self._handle.ending and self.remaining() > 0:
+            self._enqueue_child()
             trial = self._study.ask()
             try:
                 schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
@@ -149,6 +189,8 @@ class OptunaStudySearcher(Searcher):
             "data_root": self._spec.data_root,
             "cpus": self._spec.resources_per_trial.cpu,
             "early_stopping": self._spec.early_stopping.to_dict(),  # which epochs the trial probes
+            "branching": None if self._branching is None else {
+                **self._branching, "parent": trial.user_attrs.get(branching.BRANCH_OF)},
         }
 
     def should_stop(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -159,7 +201,7 @@ class OptunaStudySearcher(Searcher):
         if trial is None or not self._early.active or results.TRIAL_ERROR in result:
             return False
         decision, attrs = self._early.decide(trial.number, result)
-        if early_stopping.COOLDOWN_STEPS in result:
+        if early_stopping.COOLDOWN_STEPS in result and not result.get(results.REUSED):  # (its parent paid that)
             cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
             cost["probes"] += 1
             cost["steps"] += int(result[early_stopping.COOLDOWN_STEPS])
@@ -232,7 +274,9 @@ class OptunaStudySearcher(Searcher):
         follows the picture on the teller thread, so that Tune's loop (which calls this) never waits for it."""
         trial = self._trials.pop(trial_id)
         self._ended += 1
-        self._last.pop(trial_id, None)
+        last = self._last.pop(trial_id, None)
+        if last is not None and last.get(results.BRANCH):
+            self._record_branch(trial, json.loads(last[results.BRANCH]))
         self._stops.pop(trial_id, None)
         self._cooldown.pop(trial_id, None)
         if self._early.active:
@@ -247,6 +291,15 @@ class OptunaStudySearcher(Searcher):
             self._tell_after(plot, trial, end)
         else:  # on a thread of its own, which waits for this trial's picture only
             self._pending.append(self._teller.submit(self._tell_after, plot, trial, end))
+
+    def _record_branch(self, trial: optuna.Trial, branch: dict[str, Any]) -> None:
+        """The trial's use of the store in its attrs; the study's (what the store holds, reuses) in the study's."""
+        trial.set_user_attr(results.BRANCH, branch)
+        if branch.get("parent") is not None:
+            self._store_use["reuses"] += 1
+            self._store_use["reused_epochs"] += int(branch.get("reused_epochs") or 0)
+        if self._store is not None:
+            self._handle.set_attr(study_attrs.CHECKPOINTS, {**self._store.stats(), **self._store_use})
 
     def _tell_after(self, plot: Future[Any] | None, trial: optuna.Trial, end: TrialEnd) -> None:
         if plot is not None and plot.exception() is not None:  # waits for it; a missing one loses no result
@@ -274,7 +327,7 @@ class OptunaStudySearcher(Searcher):
         """Nothing to restore: see ``save``."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"handle": self._handle, "units": self._units}
+        return {"handle": self._handle, "units": self._units, "checkpoint_root": self._checkpoint_root}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["handle"], state["units"])  # type: ignore[misc]
+        self.__init__(state["handle"], state["units"], state.get("checkpoint_root"))  # type: ignore[misc]

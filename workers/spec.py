@@ -16,6 +16,8 @@ from typing import Any
 
 from search_spaces import SpecError, presets, validate_schedule
 from search_spaces.errors import RuleError
+from search_spaces.space import checkpoint_epochs
+from workers.branching import Branching
 from workers.early_stopping import EarlyStopping, Policy
 from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
 from workers.workloads import resolve_runtime, workload_steps
@@ -81,6 +83,7 @@ class StudySpec:
     trial_time_limit_s: float | None = None  # a trial still training after this long ends PRUNED (checked per epoch)
     study_time_limit_s: float | None = None  # the study ends (completed) this long after it began running
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # none: every trial to its last epoch
+    branching: Branching = field(default_factory=Branching)  # off: every trial trains from epoch 0
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> StudySpec:
@@ -107,6 +110,10 @@ class StudySpec:
                             f"must be below epochs ({epochs}): at {early_stopping.grace_period} no trial is judged")
         sampler = raw.get("sampler") or {}
         policy = raw.get("seed_policy") or {}
+        seed_policy = _build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope)
+        branching = Branching.parse(raw.get("branching"))
+        if branching.enabled:
+            _check_branching(raw["schedule"], epochs, seed_policy)
         return cls(
             name=raw["name"],
             workload=WorkloadRef(workload.name, params),
@@ -119,11 +126,12 @@ class StudySpec:
             sampler=_build(SamplerSpec, sampler, name=SamplerName),
             resources_per_trial=_build(Resources, raw.get("resources_per_trial") or {}, cpu=float, gpu=float),
             seed=int(raw.get("seed", cls.seed)),
-            seed_policy=_build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope),
+            seed_policy=seed_policy,
             data_root=data_root,
             trial_time_limit_s=_optional_float(raw.get("trial_time_limit_s")),
             study_time_limit_s=_optional_float(raw.get("study_time_limit_s")),
             early_stopping=early_stopping,
+            branching=branching,
         )
 
     def check_limits(self) -> None:
@@ -138,6 +146,7 @@ class StudySpec:
         out = _jsonable(asdict(self))
         out.pop("steps_per_epoch")
         out["early_stopping"] = self.early_stopping.to_dict()  # the policy's own options only
+        out["branching"] = self.branching.to_dict()
         return out
 
     @property
@@ -147,6 +156,19 @@ class StudySpec:
     def trial_seeds(self, trial_number: int) -> Seeds:
         """The seeds trial ``trial_number`` trains with, under this study's seed policy."""
         return trial_seeds(self.seed, self.seed_policy, trial_number)
+
+
+def _check_branching(schedule: Mapping[str, Any], epochs: int, seed_policy: SeedPolicy) -> None:
+    """Branching shares a phase prefix between trials: the space needs phases, and trials the same seeds."""
+    if not checkpoint_epochs(schedule, epochs):
+        raise RuleError(("branching", "enabled"), "branching shares the training of a phase prefix: the schedule "
+                                                  "space needs a phases schedule (or the regimes preset) with a "
+                                                  f"transition epoch below epochs - 1 ({epochs - 1})")
+    per_trial = [name for name in ("init", "batch_order") if getattr(seed_policy, name) is SeedScope.TRIAL]
+    if per_trial:
+        raise RuleError(("branching", "enabled"), f"trials with their own seeds ({', '.join(per_trial)}: "
+                                                  "'trial' in seed_policy) share no prefix: set them to 'study' or "
+                                                  "branching off")
 
 
 def _objective(raw: Mapping[str, Any], reported: Mapping[str, bool], workload: str) -> Objective:

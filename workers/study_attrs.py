@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workers.early_stopping import LARGE_STEP
+from workers.results import REUSED
 
 # Study user attrs.
 SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phasetune's
@@ -25,6 +26,7 @@ UNITS = "phasetune:units"  # probe results that ranges with a ``unit`` scale by,
 STARTED_AT = "phasetune:started_at"  # time.time() when its first driver began running it (its time limit counts)
 CONCURRENCY = "phasetune:concurrency"  # max_concurrent_trials as the driver ran it, capped by the cluster's slots
 ENDED_BY = "phasetune:ended_by"  # an EndedBy value, set when a limit rather than its trial budget ended it
+CHECKPOINTS = "phasetune:checkpoints"  # the branching store: {checkpoints, bytes, reuses, reused_epochs}
 PROBES = "phasetune:probes"  # the probes' full results: {"curvature": {...}, "lr_range": {...}, "units", "device"}
 
 # Trial user attrs.
@@ -36,7 +38,7 @@ REALIZED_MOMENTUM = "realized_momentum"  # the same for momentum (Adam's beta1)
 SWEPT = "phasetune_swept"  # failed by the stale-trial sweeper, not by its own training
 
 # Beside the workload's metrics, in each epoch's record.
-EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds", LARGE_STEP)
+EPOCH_KEYS = ("epoch", "lr", "momentum", "phase", "seconds", LARGE_STEP, REUSED)
 
 
 class StudyStatus(str, enum.Enum):

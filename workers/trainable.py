@@ -19,8 +19,9 @@ import torch
 from ray import tune
 
 from search_spaces.plan import build_plan
+from workers.branching import TrialBranch
 from workers.early_stopping import EarlyStopping, ProbeSchedule
-from workers.results import LAST_EPOCH, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
+from workers.results import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
 from workers.seeding import Seeds
 from workers.train import train
 from workers.workloads import build_workload, registered
@@ -48,13 +49,25 @@ def run_trial(config: dict[str, Any]) -> None:
         where[WORKER] = json.dumps({"pid": os.getpid(), "trial": next(_TRIALS_HERE), **workload.reused})
         plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
 
+        branch = None
+        if config.get("branching"):
+            branch = TrialBranch.open(config["branching"], config["workload"]["name"], config["workload"]["params"],
+                                      seeds, plan, config["optuna_trial_number"])
+
         def report(metrics: dict[str, Any]) -> None:
+            # JSON strings: Tune flattens nested dicts in the results it hands to searchers.
             if metrics[LAST_EPOCH]:
-                # A JSON string: Tune flattens nested dicts in the results it hands to searchers.
                 metrics = {**metrics, SCHEDULE_ATTRS: json.dumps(plan.extra_attrs())}
+            if branch is not None:
+                metrics = {**metrics, BRANCH: json.dumps(branch.summary())}
             tune.report({**metrics, **where})
 
+        resume = branch.resume() if branch is not None else None
+        for reused in resume.history if resume is not None else ():  # the whole curve: the prefix, as it was
+            report({**reused, REUSED: True})
         probes = ProbeSchedule(EarlyStopping.parse(config.get("early_stopping")), config["epochs"])
-        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report, probes=probes)
+        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report, probes=probes,
+              checkpoint_at=branch.checkpoint_at if branch is not None else (),
+              on_checkpoint=branch.save if branch is not None else None, resume=resume)
     except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
         tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", config["metric"]: math.nan, "done": True, **where})

@@ -52,6 +52,9 @@ class _Stopper(tune.Stopper):
         return self._handle.refresh_stop_flag() or self._handle.time_is_up.is_set()
 
 
+CHECKPOINT_DIR = "checkpoints"
+
+
 def trial_slots(resources: Resources, nodes: list[dict[str, Any]] | None = None) -> int:
     """How many trials needing ``resources`` the cluster's alive nodes can run at once (a trial runs on one node)."""
     slots = 0
@@ -119,7 +122,10 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         # Ranges in units of the model's own LRs: probe once, before the first trial.
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
-        searcher = OptunaStudySearcher(handle, units=units)
+        # Checkpoints for branching beside Tune's results (in the compose cluster the results volume every node
+        # mounts), one directory per study.
+        checkpoints = str(Path(results_dir).resolve() / CHECKPOINT_DIR / handle.study_name)
+        searcher = OptunaStudySearcher(handle, units=units, checkpoint_root=checkpoints)
         stopper.searcher = searcher
         ready = searcher.remaining() > 0 and not handle.refresh_stop_flag(force=True) and not stopper.stop_all()
         concurrency = _concurrency(handle) if ready else None

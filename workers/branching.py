@@ -1,0 +1,223 @@
+"""Branching: trials whose schedules share a prefix share its training (issue 13; Hippo, arXiv 2006.11972).
+
+Two halves, both here:
+
+- the search's, ``propose``: after the sampler's random start-up, a share of the trials (``child_fraction``) are
+  children: one of the ``top_k`` best completed trials is the parent, its first ``depth`` phases (their settings
+  and the boundaries between them) are fixed in the child, and the sampler (TPE) draws the rest, so that every
+  trial is still one complete configuration to Optuna. The searcher enqueues those params (``enqueue_trial``);
+- the trial's, ``TrialBranch``: the trial resumes from the deepest checkpoint of its own prefix the store holds
+  (whoever wrote it: a child of that trial) and leaves checkpoints at the space's checkpoint epochs
+  (``search_spaces.space.checkpoint_epochs``) it trains through. Nothing here can fail a trial: a missing,
+  evicted or corrupt checkpoint means training from scratch, a store that cannot be written means no checkpoint
+  left, and the trial's summary says so.
+
+A checkpoint resumes bit-identically on CPU (``workers.train.Checkpoint``), so a branched trial ends as it would
+have trained from scratch; its reused epochs are reported again, marked ``reused``, so its curve is whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from search_spaces.errors import SpecError
+from search_spaces.families.base import Interval, integral
+from search_spaces.plan import Plan
+from workers.checkpoints import CheckpointStore, prefix_keys
+from workers.seeding import Seeds, stream_seed
+from workers.train import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+BRANCH_OF = "branch_of"  # a trial's user attr, set when it is proposed: the parent the searcher meant
+BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.schemas)
+    "child_fraction": Interval(0, 1),
+    "top_k": Interval(1, 1000),
+    "max_bytes": Interval(1 << 20, 1 << 50, note="bytes"),
+}
+_INTS = {"top_k", "max_bytes"}
+_PHASE = re.compile(r"^(?:[^.]+\.)?phase(\d+)\.")
+_TRANSITION = re.compile(r"^(?:[^.]+\.)?transition_epoch(\d+)$")
+CHOICE_PARAM = "schedule"  # the choice between the options of a space with ``choices`` (search_spaces.space)
+
+
+@dataclass(frozen=True)
+class Branching:
+    """The spec's ``branching``. Off by default: a trial then neither reads nor writes checkpoints."""
+
+    enabled: bool = False
+    child_fraction: float = 0.5  # the share of trials after the sampler's start-up that are children
+    top_k: int = 3  # a child's parent is one of the best top_k completed trials
+    max_bytes: int = 1 << 30  # the store's cap: beyond it, the least recently used checkpoints go
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Branching:
+        """From the spec's JSON (None: off); SpecError naming ``branching.<field>``."""
+        raw = {key: value for key, value in (raw or {}).items() if value is not None}
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name == "enabled":
+                if not isinstance(value, bool):
+                    raise SpecError(("branching", name), f"must be true or false, got {value!r}")
+                values[name] = value
+                continue
+            if name not in BOUNDS:
+                raise SpecError(("branching", name), f"unknown field; branching takes {['enabled', *BOUNDS]}")
+            value = integral(value)
+            problem = BOUNDS[name](value)
+            if problem is None and name in _INTS and not isinstance(value, int):
+                problem = f"must be an integer, got {value!r}"
+            if problem is not None:
+                raise SpecError(("branching", name), problem)
+            values[name] = int(value) if name in _INTS else float(value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A child: the params it shares with its parent (the sampler draws the rest)."""
+
+    parent: int
+    depth: int  # phases fixed
+    params: dict[str, Any]
+
+
+def phase_count(params: Mapping[str, Any]) -> int:
+    """How many phases a trial's params describe (0: its schedule is no ``phases``)."""
+    indices = [int(match.group(1)) for name in params if (match := _PHASE.match(name))]
+    return max(indices) + 1 if indices else 0
+
+
+def prefix_params(params: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """The params of the first ``depth`` phases and the boundaries between them (and which option of the space)."""
+    def in_prefix(name: str) -> bool:
+        if name == CHOICE_PARAM:
+            return True
+        if match := _PHASE.match(name):
+            return int(match.group(1)) < depth
+        if match := _TRANSITION.match(name):
+            return int(match.group(1)) < depth - 1
+        return False
+
+    return {name: value for name, value in params.items() if in_prefix(name)}
+
+
+class Completed(NamedTuple):
+    """A completed trial, as ``propose`` reads it (the searcher's view of Optuna's; this module stays Optuna-free:
+    the trainable imports it)."""
+
+    number: int
+    value: float
+    params: Mapping[str, Any]
+
+
+def propose(completed: Sequence[Completed], number: int, config: Branching, *, maximize: bool,
+            startup: int, seed: int) -> Proposal | None:
+    """Whether trial ``number`` is a child, and of which prefix: drawn from the study seed's stream for that
+    number (a restarted driver proposes alike), from the ``top_k`` best ``completed`` trials of two or more
+    phases."""
+    if not config.enabled or number < startup:
+        return None
+    rng = random.Random(stream_seed(seed, f"branch:{number}"))
+    if rng.random() >= config.child_fraction:
+        return None
+    done = [t for t in completed if math.isfinite(t.value) and phase_count(t.params) >= 2]
+    if not done:
+        return None
+    ranked = sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))[:config.top_k]
+    parent = rng.choice(ranked)
+    depth = rng.randint(1, phase_count(parent.params) - 1)
+    return Proposal(parent.number, depth, prefix_params(parent.params, depth))
+
+
+@dataclass
+class TrialBranch:
+    """One trial's use of the checkpoint store: where it resumes, what it leaves, what that cost."""
+
+    store: CheckpointStore | None
+    keys: dict[int, str]  # checkpoint epoch -> the key of the trial's prefix ending there
+    trial: int
+    expected_parent: int | None = None
+    parent: int | None = None
+    branched_at: int | None = None  # the checkpoint's epoch: the trial trains from the next one
+    written: int = 0
+    bytes_written: int = 0
+    io_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, config: Mapping[str, Any], workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan,
+             trial: int) -> TrialBranch:
+        """From the trial config's ``branching`` (``{root, max_bytes, epochs, parent}``)."""
+        started = time.perf_counter()
+        branch = cls(None, {}, trial, expected_parent=config.get("parent"))
+        try:
+            branch.store = CheckpointStore(config["root"], int(config["max_bytes"]))
+        except OSError as err:
+            branch.problems.append(f"no checkpoint store at {config['root']}: {err}")
+        # Only before the last phase begins: a prefix into the last phase is shared by no child (its every param
+        # would be its parent's).
+        last_start = plan.phases[-1].start_step
+        epochs = [int(e) for e in config.get("epochs", ()) if (int(e) + 1) * plan.steps_per_epoch <= last_start]
+        keys = prefix_keys(workload, params, seeds, plan, epochs)
+        branch.keys = {epoch: key for epoch, key in keys.items() if key is not None}
+        branch.io_seconds += time.perf_counter() - started
+        return branch
+
+    def resume(self) -> Checkpoint | None:
+        """The deepest stored checkpoint of this trial's prefix (None: from scratch, and why, when a parent was
+        meant)."""
+        started = time.perf_counter()
+        found = None
+        if self.store is not None:
+            for epoch in sorted(self.keys, reverse=True):
+                if (found := self.store.get(self.keys[epoch])) is not None:
+                    self.parent, self.branched_at = found.trial, found.checkpoint.epoch
+                    break
+        if found is None and self.expected_parent is not None:
+            self.problems.append(f"trained from scratch: no readable checkpoint of its prefix from trial "
+                                 f"{self.expected_parent} (missing, evicted or corrupt)")
+        self.io_seconds += time.perf_counter() - started
+        return None if found is None else found.checkpoint
+
+    @property
+    def checkpoint_at(self) -> set[int]:
+        """The checkpoint epochs after the resumed one whose checkpoint the store does not hold yet."""
+        if self.store is None:
+            return set()
+        after = -1 if self.branched_at is None else self.branched_at
+        return {epoch for epoch, key in self.keys.items() if epoch > after and not self.store.has(key)}
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Leave ``checkpoint`` in the store; a store that cannot take it costs the branch, not the trial."""
+        if self.store is None:
+            return
+        started = time.perf_counter()
+        try:
+            self.bytes_written += self.store.put(self.keys[checkpoint.epoch], checkpoint, trial=self.trial)
+            self.written += 1
+        except OSError as err:
+            logger.warning("phasetune: trial %d could not store its checkpoint at epoch %d: %s", self.trial,
+                           checkpoint.epoch, err)
+            self.problems.append(f"checkpoint at epoch {checkpoint.epoch} not stored: {err}")
+        self.io_seconds += time.perf_counter() - started
+
+    @property
+    def reused_epochs(self) -> int:
+        return 0 if self.branched_at is None else self.branched_at + 1
+
+    def summary(self) -> dict[str, Any]:
+        """The trial's ``branch`` attr."""
+        return {"parent": self.parent, "branched_at_epoch": self.branched_at, "reused_epochs": self.reused_epochs,
+                "checkpoints_written": self.written, "bytes_written": self.bytes_written,
+                "io_seconds": round(self.io_seconds, 6), "problems": list(self.problems)}

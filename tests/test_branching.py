@@ -104,11 +104,11 @@ def test_an_enqueued_child_keeps_its_parents_prefix_and_tpe_draws_the_rest():
     assert {"phase1.lr", "phase1.momentum", "transition_epoch0"} <= set(trial.params)
 
 
-def _branch(tmp_path, schedule, trial, parent=None, epochs=None):
+def _branch(tmp_path, schedule, trial, parent=None, io_budget=1.0):
     workload = build_workload("digits", {}, SEEDS)
     plan = build_plan(schedule, EPOCHS, workload.steps_per_epoch)
-    config = {"root": str(tmp_path / "store"), "max_bytes": 1 << 30, "epochs": epochs or [0, 1, 2, 3],
-              "parent": parent}
+    config = {"root": str(tmp_path / "store"), "max_bytes": 1 << 30, "epochs": [0, 1, 2, 3], "parent": parent,
+              "io_budget": io_budget}
     return workload, plan, TrialBranch.open(config, "digits", {}, SEEDS, plan, trial)
 
 
@@ -161,3 +161,13 @@ def test_no_checkpoint_is_left_inside_the_last_phase(tmp_path):
     schedule = {"family": "phases", "transition_epochs": [2], "phases": [{"lr": 0.1}, {"lr": 0.01}]}
     _, _, branch = _branch(tmp_path, schedule, trial=0)
     assert sorted(branch.keys) == [0, 1]  # a prefix into the last phase is no child's
+
+
+def test_checkpoints_are_left_within_the_io_budget(tmp_path):
+    schedule = {"family": "phases", "transition_epochs": [4], "phases": [{"lr": 0.1}, {"lr": 0.01}]}
+    workload, plan, ample = _branch(tmp_path / "ample", schedule, trial=0)
+    _run(workload, plan, ample)
+    assert ample.written == 4 and ample.skipped == 0
+    workload, plan, frugal = _branch(tmp_path / "frugal", schedule, trial=0, io_budget=1e-9)  # the lookup spent it
+    assert len(_run(workload, plan, frugal)) == EPOCHS
+    assert frugal.written == 0 and frugal.summary()["checkpoints_skipped"] == 4

@@ -23,7 +23,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.sch
     "max_bytes": Interval(1 << 20, 1 << 50, note="bytes"),
 }
 _INTS = {"top_k", "max_bytes"}
+IO_BUDGET = 0.02  # a trial's checkpoint I/O stays within about this share of its time (one checkpoint over, at most)
 _PHASE = re.compile(r"^(?:[^.]+\.)?phase(\d+)\.")
 _TRANSITION = re.compile(r"^(?:[^.]+\.)?transition_epoch(\d+)$")
 CHOICE_PARAM = "schedule"  # the choice between the options of a space with ``choices`` (search_spaces.space)
@@ -154,13 +155,17 @@ class TrialBranch:
     bytes_written: int = 0
     io_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    io_budget: float = IO_BUDGET
+    skipped: int = 0  # checkpoint epochs passed over to keep within the I/O budget
+    started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def open(cls, config: Mapping[str, Any], workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan,
              trial: int) -> TrialBranch:
-        """From the trial config's ``branching`` (``{root, max_bytes, epochs, parent}``)."""
+        """From the trial config's ``branching`` (``{root, max_bytes, epochs, parent}``, optionally ``io_budget``)."""
         started = time.perf_counter()
-        branch = cls(None, {}, trial, expected_parent=config.get("parent"))
+        branch = cls(None, {}, trial, expected_parent=config.get("parent"),
+                     io_budget=float(config.get("io_budget", IO_BUDGET)))
         try:
             branch.store = CheckpointStore(config["root"], int(config["max_bytes"]))
         except OSError as err:
@@ -191,12 +196,15 @@ class TrialBranch:
         return None if found is None else found.checkpoint
 
     @property
-    def checkpoint_at(self) -> set[int]:
-        """The checkpoint epochs after the resumed one whose checkpoint the store does not hold yet."""
+    def checkpoint_at(self) -> Container[int]:
+        """The checkpoint epochs after the resumed one whose checkpoint the store does not hold yet, each taken
+        only while the trial's checkpoint I/O so far is within ``IO_BUDGET`` of its time (asked as training
+        reaches it: ``workers.train``)."""
         if self.store is None:
             return set()
         after = -1 if self.branched_at is None else self.branched_at
-        return {epoch for epoch, key in self.keys.items() if epoch > after and not self.store.has(key)}
+        return _WithinBudget(self, {epoch for epoch, key in self.keys.items()
+                                    if epoch > after and not self.store.has(key)})
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Leave ``checkpoint`` in the store; a store that cannot take it costs the branch, not the trial."""
@@ -219,5 +227,24 @@ class TrialBranch:
     def summary(self) -> dict[str, Any]:
         """The trial's ``branch`` attr."""
         return {"parent": self.parent, "branched_at_epoch": self.branched_at, "reused_epochs": self.reused_epochs,
-                "checkpoints_written": self.written, "bytes_written": self.bytes_written,
+                "checkpoints_written": self.written, "checkpoints_skipped": self.skipped,
+                "bytes_written": self.bytes_written,
                 "io_seconds": round(self.io_seconds, 6), "problems": list(self.problems)}
+
+
+class _WithinBudget:
+    """``TrialBranch.checkpoint_at``: an epoch is in it if it is a checkpoint epoch still to write and the trial's
+    checkpoint I/O so far is at most ``io_budget`` (``IO_BUDGET``) of the time since it began (on a workload whose epochs take
+    milliseconds, a checkpoint costs about as much as an epoch: it then leaves one every few epochs)."""
+
+    def __init__(self, branch: TrialBranch, epochs: set[int]) -> None:
+        self._branch, self._epochs = branch, epochs
+
+    def __contains__(self, epoch: object) -> bool:
+        if epoch not in self._epochs:
+            return False
+        branch = self._branch
+        if branch.io_seconds > branch.io_budget * (time.perf_counter() - branch.started):
+            branch.skipped += 1
+            return False
+        return True

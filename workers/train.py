@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
           on_epoch: EpochCallback | None = None, probes: ProbeSchedule | None = None,
-          checkpoint_at: Collection[int] = (), on_checkpoint: Callable[[Checkpoint], None] | None = None,
+          checkpoint_at: Container[int] = (), on_checkpoint: Callable[[Checkpoint], None] | None = None,
           resume: Checkpoint | None = None) -> list[dict[str, Any]]:
     """Train ``workload`` for up to ``epochs`` epochs under ``plan``; return (and stream) per-epoch metrics.
 

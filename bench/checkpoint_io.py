@@ -12,9 +12,10 @@ case, a trial of a space whose transition range spans the whole run) trained
 
 Printed per workload: the medians of ``writer``'s I/O seconds (``TrialBranch.io_seconds``) over its wall seconds
 (the goal: under 5%; ``TrialBranch`` skips checkpoint epochs while its I/O is over ``IO_BUDGET`` of the trial's
-time, so ``written`` says how many of them it left), ``writer``'s wall over ``plain``'s (what the checkpoints cost, I/O and the state copies
-included), and the child's load seconds. Workloads that need a dataset path (npz, image_folder) are left out;
-fashion_mnist runs on a subset (``--fashion-train``) when its IDX files are installed.
+time, so ``written`` says how many of them it left), ``writer``'s wall over ``plain``'s (what the checkpoints
+cost, I/O and the state copies included), and the child's load seconds. Workloads that need a dataset path
+(npz, image_folder) are left out; fashion_mnist runs on a subset (``--fashion-train``) when its IDX files are
+installed.
 
 Run: ``.venv/bin/python bench/checkpoint_io.py [--epochs 10] [--repeats 3] [--fashion-train 10000]``.
 """
@@ -88,8 +89,8 @@ def main() -> None:
                  "fashion_mnist": {"n_train": args.fashion_train, "n_val": 2000, "n_test": 1000}}
     print(f"epochs {args.epochs} (a checkpoint at each of the first {args.epochs - 1}), repeats {args.repeats}, "
           f"torch {torch.__version__}, 1 thread")
-    print(f"  {'workload':<14} {'steps/ep':>8} {'written':>7} {'ckpt KB':>8} {'plain s':>8} {'writer s':>9} {'writer/plain':>12} "
-          f"{'I/O s':>7} {'I/O share':>9} {'child load s':>12}  goal (< {GOAL_SHARE:.0%})")
+    print(f"  {'workload':<14} {'steps/ep':>8} {'written':>7} {'ckpt KB':>8} {'plain s':>8} {'writer s':>9} "
+          f"{'writer/plain':>12} {'I/O s':>7} {'I/O share':>9} {'child load s':>12}  goal (< {GOAL_SHARE:.0%})")
     for name, params in workloads.items():
         try:
             probe = build_workload(name, params, SEEDS)
@@ -107,8 +108,9 @@ def main() -> None:
         share = statistics.median(r["writer_io_s"] / r["writer_s"] for r in rounds)
         ratio = statistics.median(r["writer_s"] / r["plain_s"] for r in rounds)
         size_kb = med("bytes") / max(med("written"), 1) / 1e3
-        print(f"  {name:<14} {probe.steps_per_epoch:>8} {med('written'):>7.0f} {size_kb:>8.1f} {med('plain_s'):>8.2f} {med('writer_s'):>9.2f} "
-              f"{ratio:>11.3f}x {med('writer_io_s'):>7.3f} {share:>8.2%} {med('child_load_s'):>12.4f}  "
+        print(f"  {name:<14} {probe.steps_per_epoch:>8} {med('written'):>7.0f} {size_kb:>8.1f} {med('plain_s'):>8.2f} "
+              f"{med('writer_s'):>9.2f} {ratio:>11.3f}x {med('writer_io_s'):>7.3f} {share:>8.2%} "
+              f"{med('child_load_s'):>12.4f}  "
               f"{'yes' if share < GOAL_SHARE else 'NO'}", flush=True)
 
 

@@ -234,8 +234,8 @@ class TrialBranch:
 
 class _WithinBudget:
     """``TrialBranch.checkpoint_at``: an epoch is in it if it is a checkpoint epoch still to write and the trial's
-    checkpoint I/O so far is at most ``io_budget`` (``IO_BUDGET``) of the time since it began (on a workload whose epochs take
-    milliseconds, a checkpoint costs about as much as an epoch: it then leaves one every few epochs)."""
+    checkpoint I/O so far is at most ``io_budget`` (``IO_BUDGET``) of the time since it began (on a workload whose
+    epochs take milliseconds, a checkpoint costs about as much as an epoch: it then leaves one every few)."""
 
     def __init__(self, branch: TrialBranch, epochs: set[int]) -> None:
         self._branch, self._epochs = branch, epochs

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("full", "asha", "schedule_aware")
+METHODS = ("full", "asha", "schedule_aware", "branching")
 SEEDS = 2
 
 

@@ -7,7 +7,7 @@ The issue's bar: AutoDecay ends within 0.5 points of val accuracy of a tuned ste
 - AutoDecay: the family's default constants (beta 0.9, window 5, tolerance 0.1, zeta 0.9, gamma 0.3) at the tuned
   step schedule's lr, same momentum and budget; it may end the run early.
 
-Both run through ``workers.train.train`` (the study's own loop), seeds 0..N-1, and print the median final val
+Both run through ``phasetune.workers.train.train`` (the study's own loop), seeds 0..N-1, and print the median final val
 accuracy and epochs used side by side.
 
 Run: ``.venv/bin/python bench/autodecay_vs_step.py [--epochs 40] [--seeds 3] [--lrs 0.02 0.05 0.1] [--threads 1]
@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from search_spaces.plan import build_plan  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
+from phasetune.search_spaces.plan import build_plan
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 MOMENTUM = 0.9
 

@@ -5,7 +5,7 @@ Per workload, side by side in this one process, ``--repeats`` times in alternati
 case, a trial of a space whose transition range spans the whole run) trained
 
 - ``plain``: without branching;
-- ``writer``: through ``workers.branching.TrialBranch`` as the trainable runs it, on a fresh store: the key
+- ``writer``: through ``phasetune.workers.branching.TrialBranch`` as the trainable runs it, on a fresh store: the key
   computation, the lookup (a miss) and a checkpoint written at every checkpoint epoch;
 - ``child``: the same schedule with another last phase, resuming from the deepest checkpoint ``writer`` left
   (the lookup and load) and training the rest.
@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from search_spaces import SpecError, build_plan  # noqa: E402
-from workers.branching import TrialBranch  # noqa: E402
-from workers.seeding import Seeds  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
+from phasetune.search_spaces import SpecError, build_plan
+from phasetune.workers.branching import TrialBranch
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 SEEDS = Seeds(data=0, init=0, batch_order=0)
 GOAL_SHARE = 0.05

@@ -1,7 +1,7 @@
 """fashion_mnist: phasetune's epoch against a bare torch loop on the same model and data, and what a 2-phase
 schedule reaches at the workload's defaults.
 
-1. Epoch time. Epochs (training plus the validation pass) of ``workers.train.train`` (the phased-optimizer
+1. Epoch time. Epochs (training plus the validation pass) of ``phasetune.workers.train.train`` (the phased-optimizer
    driver, the workload's batching and evaluation) and of a bare loop written as a torch user would (index
    slicing, one SGD, ``model(x)``, a validation pass in batches of 1024), on copies of the same model and the same
    tensors, interleaved epoch by epoch for ``--rounds`` epochs after one warm-up epoch each. Printed: the median
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 from statistics import median
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from search_spaces import build_plan  # noqa: E402
-from workers.seeding import batch_order  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
+from phasetune.search_spaces import build_plan
+from phasetune.workers.seeding import batch_order
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 
 def schedule(epochs: int) -> dict:

@@ -6,18 +6,14 @@ val accuracy, seconds per epoch, and lambda0 from the probe. Run: ``python bench
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from search_spaces.plan import build_plan  # noqa: E402
-from search_spaces.probes import estimate_curvature, probe_batch  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
+from phasetune.search_spaces.plan import build_plan
+from phasetune.search_spaces.probes import estimate_curvature, probe_batch
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 SCHEDULE = {"family": "phases", "phases": [{"lr": 0.3, "momentum": 0.0}, {"lr": 0.02, "momentum": 0.9}],
             "transition_epochs": [4]}

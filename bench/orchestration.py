@@ -75,16 +75,15 @@ from typing import Any
 import optuna
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere without installing
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule
+from phasetune.workers import epoch_log
+from phasetune.workers.optuna_study import make_sampler
+from phasetune.workers.spec import StudySpec
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
+from phasetune.workers.workloads.cache import WorkloadCache
 
-from search_spaces import SpecError, build_plan, sample_schedule  # noqa: E402
-from workers import epoch_log  # noqa: E402
-from workers.optuna_study import make_sampler  # noqa: E402
-from workers.spec import StudySpec  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
-from workers.workloads.cache import WorkloadCache  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Only what the bare worker needs is imported above (a user's script imports optuna, torch and its training code);
 # Ray (through the searcher), the service, httpx, uvicorn and the dashboard are imported where the parent uses them.
@@ -237,7 +236,7 @@ class Service:
                 return False
 
         wait_for(healthy, 180, "phasetune serve")
-        from workers.storage import open_storage
+        from phasetune.workers.storage import open_storage
 
         self.storage = open_storage(self.storage_url)
         stack.callback(self.storage.engine.dispose)
@@ -440,9 +439,9 @@ class Filled:
         return self._history
 
     def create(self, url: str, n_trials: int, status: str = "running") -> int:
-        """The study, created the way ``service.studies.create`` does; its id."""
-        from workers import optuna_study, study_attrs
-        from workers.storage import open_storage
+        """The study, created the way ``phasetune.service.studies.create`` does; its id."""
+        from phasetune.workers import optuna_study, study_attrs
+        from phasetune.workers.storage import open_storage
 
         storage = open_storage(url)
         try:
@@ -538,8 +537,8 @@ class Searcher:
     """The driver's searcher on a study, fed as Tune feeds it: suggest, results, complete."""
 
     def __init__(self, url: str, name: str) -> None:
-        from workers.handle import StudyHandle
-        from workers.searcher import OptunaStudySearcher
+        from phasetune.workers.handle import StudyHandle
+        from phasetune.workers.searcher import OptunaStudySearcher
 
         self.handle = StudyHandle(url, name)
         self.searcher = OptunaStudySearcher(self.handle)
@@ -563,8 +562,8 @@ def time_searcher(url: str, history: list[dict[str, Any]], k: int, warmup: int, 
     """Seconds per trial of the searcher's work, over ``k`` trials after ``warmup`` untimed ones; without ``plot``,
     the study has no artifact dir (so no schedule plot is drawn), as a study stored without one."""
     if not plot:
-        from workers import study_attrs
-        from workers.storage import open_storage
+        from phasetune.workers import study_attrs
+        from phasetune.workers.storage import open_storage
 
         storage = open_storage(url)
         try:
@@ -585,7 +584,7 @@ def time_searcher(url: str, history: list[dict[str, Any]], k: int, warmup: int, 
 
 def time_bare_tpe(url: str, spec: StudySpec, k: int, warmup: int) -> float:
     """Seconds per trial of bare Optuna's ``ask`` + sampling the schedule space + ``tell``, TPE as the spec's."""
-    from workers.storage import open_storage
+    from phasetune.workers.storage import open_storage
 
     storage = open_storage(url)
     try:
@@ -729,8 +728,8 @@ def postgres_database() -> Iterator[str]:
 
 def api_study(backend: str, filled: Filled, count: int, stack: contextlib.ExitStack) -> tuple[str, int]:
     """A finished ``count``-trial study on ``backend``: its storage URL and study id."""
-    from workers import study_attrs
-    from workers.storage import open_storage
+    from phasetune.workers import study_attrs
+    from phasetune.workers.storage import open_storage
 
     if backend == "sqlite":
         url, study_id = filled.copy(count, "api"), 1
@@ -770,8 +769,8 @@ def api_backend(args: argparse.Namespace, backend: str, filled: Filled, workdir:
     import httpx
     import optuna_dashboard
 
-    from service.main import create_app
-    from service.settings import Settings
+    from phasetune.service.main import create_app
+    from phasetune.service.settings import Settings
 
     lines = []
     with contextlib.ExitStack() as inner:

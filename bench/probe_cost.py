@@ -1,7 +1,7 @@
 """What the regime probes cost next to one trial, per built-in workload (target: curvature probe < 5%).
 
 For each workload and seed (``--seeds``: workload seed = probe seed = 0, 1, ...) this times, in one process:
-- one trial: ``workers.train.train`` for ``--epochs`` epochs of constant-LR SGD at 0.5·lr_crit;
+- one trial: ``phasetune.workers.train.train`` for ``--epochs`` epochs of constant-LR SGD at 0.5·lr_crit;
 - the curvature probe on the fixed probe batch (``probe_batch``, ``--probe-batch`` examples);
 - the LR range test (defaults: 100 steps at the workload's batch size), once per workload.
 Trial and probe are timed side by side, alternating, ``--rounds`` times; each round gives one ratio
@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from statistics import median
 from typing import TypeVar
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from search_spaces.plan import build_plan  # noqa: E402
-from search_spaces.probes import (  # noqa: E402
+from phasetune.search_spaces.plan import build_plan
+from phasetune.search_spaces.probes import (
     PROBE_BATCH,
     CurvatureResult,
     estimate_curvature,
     lr_range_test,
     probe_batch,
 )
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload  # noqa: E402
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 WORKLOADS = ("ps10", "digits", "quadratic")
 T = TypeVar("T")

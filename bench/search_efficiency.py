@@ -127,20 +127,18 @@ import numpy as np
 import optuna
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from search_spaces import SpecError, build_plan, sample_schedule, validate_schedule  # noqa: E402
-from search_spaces.space import check_expandable, checkpoint_epochs  # noqa: E402
-from workers.branching import Branching, Completed, TrialBranch, propose  # noqa: E402
-from workers.checkpoints import CheckpointStore  # noqa: E402
-from workers.early_stopping import COOLDOWN_STEPS, EarlyStopper, EarlyStopping, ProbeSchedule  # noqa: E402
-from workers.optuna_study import TrialOutcome, sampler_for, trial_end  # noqa: E402
-from workers.results import LAST_EPOCH  # noqa: E402
-from workers.seeding import SeedPolicy, batch_order, stream_seed, trial_seeds  # noqa: E402
-from workers.spec import SamplerSpec  # noqa: E402
-from workers.train import train  # noqa: E402
-from workers.workloads import build_workload, steps_per_epoch, workloads  # noqa: E402
-from workers.workloads.cache import WorkloadCache  # noqa: E402
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
+from phasetune.search_spaces.space import check_expandable, checkpoint_epochs
+from phasetune.workers.branching import Branching, TrialBranch
+from phasetune.workers.checkpoints import CheckpointStore
+from phasetune.workers.early_stopping import COOLDOWN_STEPS, EarlyStopper, EarlyStopping, ProbeSchedule
+from phasetune.workers.optuna_study import TrialOutcome, enqueue_child, sampler_for, trial_end
+from phasetune.workers.results import LAST_EPOCH
+from phasetune.workers.seeding import SeedPolicy, batch_order, stream_seed, trial_seeds
+from phasetune.workers.spec import SamplerSpec
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload, steps_per_epoch, workloads
+from phasetune.workers.workloads.cache import WorkloadCache
 
 METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "branching", "schedulefree")
 POLICIES = {"full": "none", "median": "median", "asha": "asha", "schedule_aware": "schedule_aware",
@@ -273,7 +271,7 @@ class Ledger:
 
 
 def make_study(setup: Setup, seed: int) -> optuna.Study:
-    """The service's default sampler (TPE, ``workers.optuna_study.sampler_for``), in memory."""
+    """The service's default sampler (TPE, ``phasetune.workers.optuna_study.sampler_for``), in memory."""
     return optuna.create_study(direction="maximize" if setup.maximize else "minimize",
                                sampler=sampler_for(SamplerSpec(), seed))
 
@@ -371,7 +369,7 @@ def run_tpe(setup: Setup, method: str, seed: int, units: Mapping[str, float]) ->
 
 
 class Branches:
-    """The ``branching`` method's store and proposals: the service's ``workers.branching`` at its defaults."""
+    """The ``branching`` method's store and proposals: the service's ``phasetune.workers.branching`` at its defaults."""
 
     def __init__(self, setup: Setup, seed: int) -> None:
         self.setup, self.seed = setup, seed
@@ -389,14 +387,9 @@ class Branches:
         self.tmp.cleanup()
 
     def enqueue_child(self, study: optuna.Study) -> None:
-        trials = study.get_trials(deepcopy=False)
-        completed = [Completed(t.number, t.value, t.params) for t in trials
-                     if t.state is optuna.trial.TrialState.COMPLETE and t.value is not None]
-        proposal = propose(completed, len(trials), self.config, maximize=self.setup.maximize,
-                           startup=SamplerSpec().n_startup_trials, seed=self.seed)
-        if proposal is not None:
-            study.enqueue_trial(proposal.params, skip_if_exists=False)
-            self.counts["children"] += 1
+        proposal = enqueue_child(study, self.config, maximize=self.setup.maximize,
+                                 startup=SamplerSpec().n_startup_trials, seed=self.seed)
+        self.counts["children"] += proposal is not None
 
     def open(self, number: int, plan: Any) -> tuple[TrialBranch, Any]:
         seeds = trial_seeds(self.seed, SeedPolicy(), number)
@@ -599,7 +592,7 @@ def init_worker() -> None:
 
 
 def probe_job(setup: Setup, seed: int) -> dict[str, Any]:
-    from workers.probing import ProbeKind, run_probes  # imports Ray: only where the probes run
+    from phasetune.workers.probing import ProbeKind, run_probes  # imports Ray: only where the probes run
 
     started = time.perf_counter()
     probes = run_probes({"name": setup.workload, "params": dict(setup.params)}, seed,

@@ -1,13 +1,13 @@
 """Schedules, their search spaces and probes. Pure Python + torch: no Ray, no FastAPI."""
 
-from search_spaces.attach import ScheduleDriver, attach
-from search_spaces.errors import SpecError
-from search_spaces.families import FAMILIES
-from search_spaces.phased import PhasedOptimizer, apply_to_optimizer
-from search_spaces.plan import Plan, build_plan
-from search_spaces.space import sample as sample_schedule
-from search_spaces.space import validate as validate_schedule
-from search_spaces.trace import trace
+from phasetune.search_spaces.attach import ScheduleDriver, attach
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families import FAMILIES
+from phasetune.search_spaces.phased import PhasedOptimizer, apply_to_optimizer
+from phasetune.search_spaces.plan import Plan, build_plan
+from phasetune.search_spaces.space import sample as sample_schedule
+from phasetune.search_spaces.space import validate as validate_schedule
+from phasetune.search_spaces.trace import trace
 
 __all__ = [
     "FAMILIES",

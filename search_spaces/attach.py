@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from search_spaces.phased import PhasedOptimizer
-from search_spaces.plan import build_plan
+from phasetune.search_spaces.phased import PhasedOptimizer
+from phasetune.search_spaces.plan import build_plan
 
 
 class ScheduleDriver(LRScheduler):

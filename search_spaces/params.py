@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.errors import RuleError, SpecError
 
 Scalar = float | int | bool | str
 MAX_CHOICES = 1000  # a categorical this long is a list to sweep, not a search space

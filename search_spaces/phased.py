@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from search_spaces.plan import Plan, StepValues
-from search_spaces.segment import OptimizerSettings
+from phasetune.search_spaces.plan import Plan, StepValues
+from phasetune.search_spaces.segment import OptimizerSettings
 
 OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,

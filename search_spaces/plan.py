@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces import segment
-from search_spaces.errors import SpecError
-from search_spaces.families import Horizon, LRSchedule
-from search_spaces.segment import OptimizerSettings
-from search_spaces.space import PHASES
+from phasetune.search_spaces import segment
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families import Horizon, LRSchedule
+from phasetune.search_spaces.segment import OptimizerSettings
+from phasetune.search_spaces.space import PHASES
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Plan:
     def in_large_step_phase(self, step: int) -> bool:
         """Step ``step`` is inside a large-step phase: before the first boundary with an LR drop, or in a
         loss-driven phase (AutoDecay) that has not yet decayed. Looking worse there than a small-step trial is by
-        design, so early stopping never judges a trial there (``workers.early_stopping``)."""
+        design, so early stopping never judges a trial there (``phasetune.workers.early_stopping``)."""
         return step < self.decay_start_step() or self.phases[self.phase_index(step)].schedule.awaiting_decay()
 
     def prefix_signature(self, epochs: int) -> str | None:
@@ -78,7 +78,7 @@ class Plan:
         """For each epoch count in ``ends``, what the first that many epochs train with, as a digest: every step's
         (phase, lr, momentum) and the optimizer settings of each phase begun in them, in one pass over the steps.
         Two plans with the same signature train those epochs alike (a checkpoint taken under one resumes under
-        the other: ``workers.checkpoints``). None where a phase begun in them is loss-driven (AutoDecay): its
+        the other: ``phasetune.workers.checkpoints``). None where a phase begun in them is loss-driven (AutoDecay): its
         values depend on the losses, not on the plan alone."""
         wanted = sorted(set(ends))
         out: dict[int, str | None] = {}

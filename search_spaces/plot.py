@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_spaces.plan import build_plan
+from phasetune.search_spaces.plan import build_plan
 
 if TYPE_CHECKING:
     import matplotlib.figure

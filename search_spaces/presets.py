@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces import params, segment
-from search_spaces.errors import RuleError, SpecError
-from search_spaces.families.base import Interval, momentum_range
-from search_spaces.units import UNITS
+from phasetune.search_spaces import params, segment
+from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.families.base import Interval, momentum_range
+from phasetune.search_spaces.units import UNITS
 
 PRESET = "preset"
 REGIMES = "regimes"

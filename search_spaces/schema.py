@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces import params, presets, space, units
-from search_spaces.families import FAMILIES, Field
-from search_spaces.families.base import MAX_FLOAT
-from search_spaces.families.warmup import WARMUP_FIELDS
-from search_spaces.segment import EFFECTIVE_LR, EFFECTIVE_LR_FIELD, OPTIMIZER_FIELDS, WARMUP
+from phasetune.search_spaces import params, presets, space, units
+from phasetune.search_spaces.families import FAMILIES, Field
+from phasetune.search_spaces.families.base import MAX_FLOAT
+from phasetune.search_spaces.families.warmup import WARMUP_FIELDS
+from phasetune.search_spaces.segment import EFFECTIVE_LR, EFFECTIVE_LR_FIELD, OPTIMIZER_FIELDS, WARMUP
 
 _KINDS = {"float": "number", "int": "integer", "bool": "boolean", "str": "string"}
 ROOT = "Schedule"

@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces import params, units
-from search_spaces.errors import RuleError, SpecError
-from search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
-from search_spaces.families.base import check_value, integral, momentum_range, non_negative, one_of, positive
-from search_spaces.families.warmup import WARMUP_FIELDS, Warmup
+from phasetune.search_spaces import params, units
+from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
+from phasetune.search_spaces.families.base import check_value, integral, momentum_range, non_negative, one_of, positive
+from phasetune.search_spaces.families.warmup import WARMUP_FIELDS, Warmup
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 OPTIMIZER_FIELDS: dict[str, Field] = {

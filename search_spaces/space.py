@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces import params, presets, segment, units
-from search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces import params, presets, segment, units
+from phasetune.search_spaces.errors import RuleError, SpecError
 
 PHASES = "phases"
 # Limits that keep a spec (stored, returned by every read, expanded per trial) small; far above real searches.
@@ -143,7 +143,7 @@ def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
 def checkpoint_epochs(space: Mapping[str, Any], epochs: int) -> tuple[int, ...]:
     """The epochs (0-based) at whose end a later phase of some sample of ``space`` could begin: the transition-epoch
     grid, each candidate boundary ``t`` as the last full epoch before it, ``floor(t) - 1``. A checkpoint there is
-    where a branch of the trial could start (``workers.branching``). Empty for a space without phases."""
+    where a branch of the trial could start (``phasetune.workers.branching``). Empty for a space without phases."""
     grid: set[int] = set()
     for option in space["choices"] if "choices" in space else [space]:
         if presets.is_preset(option):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces.plan import build_plan
+from phasetune.search_spaces.plan import build_plan
 
 
 def trace(schedule: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> dict[str, list[Any]]:

@@ -6,8 +6,8 @@ study's probe results when sampled (``params.suggest``). Only learning rates tak
 
 from __future__ import annotations
 
-from search_spaces import params
-from search_spaces.errors import SpecError
+from phasetune.search_spaces import params
+from phasetune.search_spaces.errors import SpecError
 
 UNITS = ("lr_crit", "lr_div")  # lr_crit = 2/λ0 (curvature probe), lr_div = the range test's divergence LR
 LR_FIELDS = frozenset({"lr", "effective_lr", "eta_min", "base_lr", "max_lr"})

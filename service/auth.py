@@ -24,8 +24,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from service.db import TOKEN_NAME_MAX, TokenRecord
-from service.settings import AuthMode
+from phasetune.service.db import TOKEN_NAME_MAX, TokenRecord
+from phasetune.service.settings import AuthMode
 
 TOKEN_PREFIX = "pt_"
 

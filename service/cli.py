@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 
-from workers.study_attrs import StudyStatus  # a names-only module: the CLI imports neither torch, Ray nor Optuna
+from phasetune.workers.study_attrs import (
+    StudyStatus,  # a names-only module: the CLI imports neither torch, Ray nor Optuna
+)
 
 FINISHED = {status.value for status in StudyStatus if status.finished}
 ENDED_TRIALS = ("COMPLETE", "PRUNED", "FAIL")  # Optuna's names of the states a trial ends in, as the API sends them
@@ -31,7 +33,7 @@ def _token(settings: Any) -> str | None:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    from service.settings import get_settings
+    from phasetune.service.settings import get_settings
 
     settings = get_settings()
     token = _token(settings)
@@ -63,10 +65,10 @@ def _print(data: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from service import ray_cluster
-    from service.db import migrate
-    from service.main import create_app
-    from service.settings import DATA_DIR, get_settings
+    from phasetune.service import ray_cluster
+    from phasetune.service.db import migrate
+    from phasetune.service.main import create_app
+    from phasetune.service.settings import DATA_DIR, get_settings
 
     settings = get_settings()
     DATA_DIR.mkdir(exist_ok=True)
@@ -95,9 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def _check_exposure(settings: Any, host: str, insecure: bool) -> None:
     """Refuse to serve beyond loopback without a token (or with the dashboard, which has no auth, beyond it),
     unless told ``--insecure``; then say so loudly."""
-    from service import auth
-    from service.db import make_engine
-    from service.settings import AuthMode
+    from phasetune.service import auth
+    from phasetune.service.db import make_engine
+    from phasetune.service.settings import AuthMode
 
     exposed = not auth.is_loopback(host) or not auth.is_loopback(settings.dashboard_host)
     if insecure:
@@ -122,8 +124,8 @@ def _check_exposure(settings: Any, host: str, insecure: bool) -> None:
 
 
 def _token_engine() -> Any:
-    from service.db import make_engine, migrate
-    from service.settings import get_settings
+    from phasetune.service.db import make_engine, migrate
+    from phasetune.service.settings import get_settings
 
     url = get_settings().storage_url
     migrate(url)
@@ -131,7 +133,7 @@ def _token_engine() -> Any:
 
 
 def cmd_token_create(args: argparse.Namespace) -> None:
-    from service import auth
+    from phasetune.service import auth
 
     record, token = auth.create_token(_token_engine(), auth.Scope(args.scope), args.name)
     named = f", {record.name}" if record.name else ""
@@ -140,7 +142,7 @@ def cmd_token_create(args: argparse.Namespace) -> None:
 
 
 def cmd_token_list(args: argparse.Namespace) -> None:
-    from service import auth
+    from phasetune.service import auth
 
     for record in auth.list_tokens(_token_engine()):
         state = "active" if record.revoked_at is None else "revoked"
@@ -148,7 +150,7 @@ def cmd_token_list(args: argparse.Namespace) -> None:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> None:
-    from service import auth
+    from phasetune.service import auth
 
     if auth.revoke_token(_token_engine(), args.id) is None:
         sys.exit(f"phasetune: no token with id {args.id}")
@@ -156,8 +158,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_stop_ray(args: argparse.Namespace) -> None:
-    from service import ray_cluster
-    from service.settings import get_settings
+    from phasetune.service import ray_cluster
+    from phasetune.service.settings import get_settings
 
     settings = get_settings()
     stopped = ray_cluster.stop_local_head(settings)
@@ -166,8 +168,8 @@ def cmd_stop_ray(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from service.db import migrate
-    from service.settings import get_settings
+    from phasetune.service.db import migrate
+    from phasetune.service.settings import get_settings
 
     migrate(get_settings().storage_url)
     print("phasetune: schema ready")  # noqa: T201
@@ -268,8 +270,8 @@ def cmd_workloads(args: argparse.Namespace) -> None:
 
 
 def cmd_schedule_plot(args: argparse.Namespace) -> None:
-    from search_spaces import SpecError
-    from search_spaces.plot import plot_schedule
+    from phasetune.search_spaces import SpecError
+    from phasetune.search_spaces.plot import plot_schedule
 
     schedule = json.loads(Path(args.schedule).read_text())
     try:

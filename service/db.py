@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, inspect, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from workers.storage import engine_kwargs, open_storage, tune_sqlite
+from phasetune.workers.storage import engine_kwargs, open_storage, tune_sqlite
 
 TOKEN_NAME_MAX = 100
 ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backend: a larger one names nothing
@@ -53,7 +53,7 @@ class ProbeRecord(Base):
 
 
 class TokenRecord(Base):
-    """An API token (``service.auth``): its scope and the SHA-256 of the token, never the token itself."""
+    """An API token (``phasetune.service.auth``): its scope and the SHA-256 of the token, never the token itself."""
 
     __tablename__ = "phasetune_tokens"
 

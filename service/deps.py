@@ -8,9 +8,9 @@ import optuna
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
-from service.launcher import Launcher
-from service.probe_runner import ProbeRunner
-from service.settings import Settings
+from phasetune.service.launcher import Launcher
+from phasetune.service.probe_runner import ProbeRunner
+from phasetune.service.settings import Settings
 
 
 def _engine(request: Request) -> Engine:

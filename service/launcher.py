@@ -22,12 +22,12 @@ from typing import Any
 import optuna
 import ray
 
-from service import ray_cluster
-from service.settings import Settings
-from workers import driver, optuna_study, study_attrs
-from workers.spec import Resources
-from workers.study_attrs import StudyStatus
-from workers.tune_run import trial_slots
+from phasetune.service import ray_cluster
+from phasetune.service.settings import Settings
+from phasetune.workers import driver, optuna_study, study_attrs
+from phasetune.workers.spec import Resources
+from phasetune.workers.study_attrs import StudyStatus
+from phasetune.workers.tune_run import trial_slots
 
 logger = logging.getLogger(__name__)
 CONNECT_RETRY_S = 5.0

@@ -14,23 +14,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from search_spaces import SpecError
-from search_spaces.errors import RuleError
-from service import probes, studies
-from service.auth import auth_enabled, without_auth
-from service.body_limit import BodyLimit
-from service.db import describe_error, make_engine, migrate
-from service.docs import mount_docs
-from service.launcher import Launcher
-from service.openapi import publish_spec_language
-from service.probe_runner import ProbeRunner
-from service.routes import health
-from service.routes import probes as probes_routes
-from service.routes import studies as studies_routes
-from service.routes import tokens as tokens_routes
-from service.routes import workloads as workloads_routes
-from service.settings import Settings, get_settings
-from workers.storage import open_storage
+from phasetune.search_spaces import SpecError
+from phasetune.search_spaces.errors import RuleError
+from phasetune.service import probes, studies
+from phasetune.service.auth import auth_enabled, without_auth
+from phasetune.service.body_limit import BodyLimit
+from phasetune.service.db import describe_error, make_engine, migrate
+from phasetune.service.docs import mount_docs
+from phasetune.service.launcher import Launcher
+from phasetune.service.openapi import publish_spec_language
+from phasetune.service.probe_runner import ProbeRunner
+from phasetune.service.routes import health
+from phasetune.service.routes import probes as probes_routes
+from phasetune.service.routes import studies as studies_routes
+from phasetune.service.routes import tokens as tokens_routes
+from phasetune.service.routes import workloads as workloads_routes
+from phasetune.service.settings import Settings, get_settings
+from phasetune.workers.storage import open_storage
 
 
 def _json_safe(value: Any) -> Any:
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
                insecure: bool = False) -> FastAPI:
     """The API over ``settings``' storage. ``run_studies=False`` leaves Ray out entirely: studies are stored and
     read but nothing launches them (what the fast tests use). ``host`` is the address it is served on (auth is on
-    beyond loopback, ``service.auth``), unless ``insecure``."""
+    beyond loopback, ``phasetune.service.auth``), unless ``insecure``."""
     settings = settings or get_settings()
 
     @asynccontextmanager

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from search_spaces.schema import ROOT, schedule_schema
-from workers.workloads.registry import workloads, workloads_schema
+from phasetune.search_spaces.schema import ROOT, schedule_schema
+from phasetune.workers.workloads.registry import workloads, workloads_schema
 
 COMPONENTS = "#/components/schemas/"
 # What pydantic writes for ``schedule`` (a $ref it would try to resolve itself), replaced here by the real one.

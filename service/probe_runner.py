@@ -15,10 +15,10 @@ import ray
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.db import ProbeRecord, ProbeStatus
-from workers import probing
-from workers.probing import ProbeKind
+from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
+from phasetune.service.db import ProbeRecord, ProbeStatus
+from phasetune.workers import probing
+from phasetune.workers.probing import ProbeKind
 
 logger = logging.getLogger(__name__)
 TIMEOUT_S = 900  # a probe costs well under an epoch of training; this only guards a stuck cluster (or a GPU wait)

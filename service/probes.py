@@ -10,17 +10,17 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from search_spaces import SpecError
-from search_spaces.errors import RuleError
-from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
-from service.launcher import Launcher
-from service.probe_runner import ProbeJob, ProbeRunner
-from service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
-from service.settings import Settings
-from workers import probing
-from workers.probing import ProbeKind
-from workers.workloads import resolve as resolve_workload
+from phasetune.search_spaces import SpecError
+from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
+from phasetune.service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
+from phasetune.service.launcher import Launcher
+from phasetune.service.probe_runner import ProbeJob, ProbeRunner
+from phasetune.service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
+from phasetune.service.settings import Settings
+from phasetune.workers import probing
+from phasetune.workers.probing import ProbeKind
+from phasetune.workers.workloads import resolve as resolve_workload
 
 OPTION_MODELS: dict[ProbeKind, tuple[type[BaseModel], type]] = {
     ProbeKind.CURVATURE: (CurvatureOptionsIn, CurvatureOptions),

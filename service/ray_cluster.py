@@ -23,8 +23,8 @@ from pathlib import Path
 
 import ray
 
-from service.settings import Settings
-from workers.driver import NAMESPACE
+from phasetune.service.settings import Settings
+from phasetune.workers.driver import NAMESPACE
 
 logger = logging.getLogger(__name__)
 # Ray ends a driver process whose GCS stays away this long (its default is 60 s: a `serve` that lost its head

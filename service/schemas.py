@@ -2,7 +2,7 @@
 
 They check shapes and simple bounds (so a 422 names the field); the defaults are the domain's (``workers.spec``,
 ``search_spaces.probes``), read from there, so that each default has one owner. ``schedule`` and the workload's
-params are checked by the domain (``search_spaces``, the workload registry), whose schemas ``service.openapi``
+params are checked by the domain (``search_spaces``, the workload registry), whose schemas ``phasetune.service.openapi``
 publishes; the rest of the meaning by ``StudySpec.parse``.
 """
 
@@ -13,17 +13,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from search_spaces.families.base import MAX_EPOCHS, Interval
-from search_spaces.probes import CurvatureOptions, LRRangeOptions
-from service.auth import Scope
-from service.db import TOKEN_NAME_MAX, ProbeStatus
-from service.openapi import SCHEDULE_FIELD
-from workers.branching import BOUNDS as BRANCHING_BOUNDS
-from workers.branching import Branching
-from workers.early_stopping import BOUNDS, EarlyStopping, Policy
-from workers.probing import ProbeKind
-from workers.seeding import SEED_MAX, SeedPolicy, SeedScope
-from workers.spec import (
+from phasetune.search_spaces.families.base import MAX_EPOCHS, Interval
+from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
+from phasetune.service.auth import Scope
+from phasetune.service.db import TOKEN_NAME_MAX, ProbeStatus
+from phasetune.service.openapi import SCHEDULE_FIELD
+from phasetune.workers.branching import BOUNDS as BRANCHING_BOUNDS
+from phasetune.workers.branching import Branching
+from phasetune.workers.early_stopping import BOUNDS, EarlyStopping, Policy
+from phasetune.workers.probing import ProbeKind
+from phasetune.workers.seeding import SEED_MAX, SeedPolicy, SeedScope
+from phasetune.workers.spec import (
     MAX_CONCURRENT_TRIALS,
     MAX_TIME_LIMIT_S,
     Direction,
@@ -32,7 +32,7 @@ from workers.spec import (
     SamplerSpec,
     StudySpec,
 )
-from workers.study_attrs import StudyStatus
+from phasetune.workers.study_attrs import StudyStatus
 
 # Every request model: unknown fields are errors, and so are infinite and NaN numbers (JSON allows neither, Python's
 # parser accepts both, and no field of phasetune's means anything by them).

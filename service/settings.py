@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.workloads.paths import default_data_root
+from phasetune.workers.workloads.paths import default_data_root
 
 DATA_DIR = Path(".phasetune")
 

@@ -14,14 +14,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search_spaces.errors import RuleError
-from service.db import ID_MAX
-from service.launcher import Launcher
-from service.schemas import StudyCreate, StudyOut, TrialOut
-from service.settings import Settings
-from workers import epoch_log, optuna_study, study_attrs
-from workers.spec import StudySpec
-from workers.study_attrs import StudyStatus
+from phasetune.search_spaces.errors import RuleError
+from phasetune.service.db import ID_MAX
+from phasetune.service.launcher import Launcher
+from phasetune.service.schemas import StudyCreate, StudyOut, TrialOut
+from phasetune.service.settings import Settings
+from phasetune.workers import epoch_log, optuna_study, study_attrs
+from phasetune.workers.spec import StudySpec
+from phasetune.workers.study_attrs import StudyStatus
 
 PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked otherwise
 MAX_PAGE_SIZE = 1000

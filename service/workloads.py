@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.schemas import MetricOut, ParamOut, WorkloadOut
-from workers.spec import Direction
-from workers.workloads import Registered, WorkloadSpec, registered
+from phasetune.service.schemas import MetricOut, ParamOut, WorkloadOut
+from phasetune.workers.spec import Direction
+from phasetune.workers.workloads import Registered, WorkloadSpec, registered
 
 
 def _metrics(spec: WorkloadSpec) -> list[MetricOut]:

@@ -243,7 +243,7 @@ def test_schedule_aware_stopping_prunes_after_large_step_phases_and_survives_a_d
     predecessor recorded (the rungs live in the storage)."""
     import ray
 
-    from workers.driver import find_driver
+    from phasetune.workers.driver import find_driver
 
     name = "schedule-aware"
     spec = small_spec(name, epochs=10, n_trials=16, early_stopping={"policy": "schedule_aware", "min_peers": 3})
@@ -300,8 +300,8 @@ def test_a_study_whose_driver_is_lost_for_good_is_relaunched_and_completes(stora
     /health counts the relaunch."""
     import ray
 
+    from phasetune.workers.driver import find_driver
     from tests.conftest import Server
-    from workers.driver import find_driver
 
     server = Server(storage_url, ray_client, tmp_path, PHASETUNE_RECONCILE_S="2").start()
     try:
@@ -366,7 +366,7 @@ def test_a_branching_study_trains_shared_prefixes_once_and_a_restarted_driver_ke
     restarted and its trials go on branching, counting on."""
     import ray
 
-    from workers.driver import find_driver
+    from phasetune.workers.driver import find_driver
 
     name, epochs, n_trials = "branching", 8, 10
     spec = small_spec(name, epochs=epochs, n_trials=n_trials,

@@ -16,11 +16,11 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
-from search_spaces import FAMILIES
-from service.main import create_app
-from service.settings import Settings
+from phasetune.search_spaces import FAMILIES
+from phasetune.service.main import create_app
+from phasetune.service.settings import Settings
+from phasetune.workers.workloads import workloads
 from tests.data_helpers import make_npz
-from workers.workloads import workloads
 
 
 def small_spec(name: str, **overrides) -> dict:
@@ -328,8 +328,8 @@ def test_invalid_probe_gets_422_naming_the_field(client, body, loc):
 def test_probes_wait_for_no_cluster_and_unknown_ones_404(client):
     """An app that runs nothing (run_studies=False) stores a probe, as it stores studies; one that runs probes
     but has no Ray cluster connected yet answers 503 (retry) and stores nothing."""
-    from service.launcher import Launcher
-    from service.probe_runner import ProbeRunner
+    from phasetune.service.launcher import Launcher
+    from phasetune.service.probe_runner import ProbeRunner
 
     stored = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
     assert stored.status_code == 202 and stored.json()["status"] == "running", stored.text
@@ -350,7 +350,7 @@ def test_resources_no_node_has_are_a_422_naming_the_field(client):
     """Admission checks resources against the nodes the launcher last saw (no Ray call in the request): none
     has a GPU, so a study asking for one is a 422 and nothing is stored; one that fits is admitted. (The slow
     test_api checks the same against a real cluster, and PHASETUNE_WAIT_FOR_NODES's visible wait.)"""
-    from service.launcher import Launcher
+    from phasetune.service.launcher import Launcher
 
     state = client.app.state
     state.launcher = Launcher(state.settings, state.storage)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from search_spaces import apply_to_optimizer, attach, trace
+from phasetune.search_spaces import apply_to_optimizer, attach, trace
 
 EPOCHS, SPE = 4, 5
 SCHEDULES = {

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.auth import Scope, create_token
-from service.db import make_engine, migrate
-from service.main import create_app
-from service.settings import AuthMode, Settings
+from phasetune.service.auth import Scope, create_token
+from phasetune.service.db import make_engine, migrate
+from phasetune.service.main import create_app
+from phasetune.service.settings import AuthMode, Settings
 from tests.conftest import BIN, free_port, served_in_thread
 from tests.test_api_fast import small_spec
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search_spaces import build_plan
-from search_spaces.families import Horizon
-from search_spaces.families.autodecay import AutoDecay
+from phasetune.search_spaces import build_plan
+from phasetune.search_spaces.families import Horizon
+from phasetune.search_spaces.families.autodecay import AutoDecay
 
 DEFAULTS = {"lr": 0.1, "beta": 0.9, "window": 5, "tolerance": 0.02, "zeta": 0.9, "gamma": 0.1, "eps": 1e-8}
 

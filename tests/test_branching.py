@@ -8,16 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces import SpecError, build_plan, sample_schedule
-from search_spaces.space import checkpoint_epochs
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule
+from phasetune.search_spaces.space import checkpoint_epochs
+from phasetune.workers.branching import Branching, Completed, TrialBranch, phase_count, prefix_params, propose
+from phasetune.workers.optuna_study import sampler_for
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.spec import SamplerSpec, StudySpec
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 from tests.test_api_fast import small_spec
 from tests.test_train import BRANCHES
-from workers.branching import Branching, Completed, TrialBranch, phase_count, prefix_params, propose
-from workers.optuna_study import sampler_for
-from workers.seeding import Seeds
-from workers.spec import SamplerSpec, StudySpec
-from workers.train import train
-from workers.workloads import build_workload
 
 SEEDS = Seeds(data=1, init=2, batch_order=3)
 EPOCHS = 5

@@ -8,12 +8,12 @@ import time
 
 import torch
 
-from search_spaces import build_plan
+from phasetune.search_spaces import build_plan
+from phasetune.workers.checkpoints import CheckpointStore, prefix_key
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 from tests.test_train import BRANCHES
-from workers.checkpoints import CheckpointStore, prefix_key
-from workers.seeding import Seeds
-from workers.train import train
-from workers.workloads import build_workload
 
 SEEDS = Seeds(data=3, init=3, batch_order=7)
 EPOCHS = 5

@@ -236,7 +236,7 @@ def test_images_carry_the_entrypoints(dockerfile: str) -> None:
         for part in source.split():
             assert (REPO / part).exists() or part == "README.md", f"{dockerfile} copies missing {part}"
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    for needed in ("service", "search_spaces", "workers", "docker", "pyproject.toml", "README.md"):
+    for needed in ("phasetune", "service", "search_spaces", "workers", "docker", "pyproject.toml", "README.md"):
         assert needed not in ignored
     cmd = re.search(r'^CMD \["([^"]+)"\]$', text, re.M)
     assert cmd, f"{dockerfile} has no exec-form CMD"

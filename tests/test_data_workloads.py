@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from phasetune.workers.workloads import workloads
 from tests.conftest import wait_for_status
 from tests.data_helpers import make_image_folder, make_npz
 from tests.test_api_fast import small_spec
-from workers.workloads import workloads
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from search_spaces import SpecError
-from search_spaces.plan import build_plan
-from workers.early_stopping import (
+from phasetune.search_spaces import SpecError
+from phasetune.search_spaces.plan import build_plan
+from phasetune.workers.early_stopping import (
     LARGE_STEP,
     EarlyStopper,
     EarlyStopping,
@@ -18,11 +18,11 @@ from workers.early_stopping import (
     ProbeSchedule,
     TrialRecords,
 )
-from workers.optuna_study import TrialOutcome, trial_end
-from workers.seeding import Seeds
-from workers.train import train
-from workers.workloads import build_workload
-from workers.workloads.cache import WorkloadCache
+from phasetune.workers.optuna_study import TrialOutcome, trial_end
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
+from phasetune.workers.workloads.cache import WorkloadCache
 
 PS10 = {"noise": 0.1, "n_train": 1000, "n_val": 500}
 EPOCHS = 12

@@ -1,14 +1,14 @@
 """Every schedule family searched in a study over REST, alone and as one of several choices (a conditional space).
 
 Each trial must record its concrete schedule and the lr/momentum its optimizer really used, and those must be
-what ``search_spaces.trace`` (the same code path) says for that schedule.
+what ``phasetune.search_spaces.trace`` (the same code path) says for that schedule.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from search_spaces import trace
+from phasetune.search_spaces import trace
 from tests.conftest import wait_for_status
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def _check_realised(trial: dict, steps_per_epoch: int) -> None:
 
 
 def test_every_family_alone_and_as_a_choice(tmp_path, server_factory):
-    from workers.workloads import build_workload
+    from phasetune.workers.workloads import build_workload
 
     steps_per_epoch = build_workload("digits", {}, seed=0).steps_per_epoch
     server = server_factory(f"sqlite:///{tmp_path / 'families.db'}")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as tls
 
-from search_spaces import build_plan, trace
-from search_spaces.families.rex import Rex
+from phasetune.search_spaces import build_plan, trace
+from phasetune.search_spaces.families.rex import Rex
 
 SEEDS = range(20)
 RTOL = 1e-6

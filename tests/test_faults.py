@@ -93,7 +93,7 @@ def _driver_pid(storage_url: str, name: str) -> int:
     """The OS process of the study's driver actor (asked of the actor itself: it serves 4 calls at once)."""
     import ray
 
-    from workers.driver import find_driver
+    from phasetune.workers.driver import find_driver
 
     driver = wait_for(lambda: find_driver(storage_url, name), 60, "the study's driver")
     return ray.get(driver.__ray_call__.remote(lambda _self: os.getpid()), timeout=60)
@@ -257,8 +257,8 @@ def test_the_api_outlives_its_ray_head_and_resumes_studies_after_it_restarts(tmp
     exit (Ray ends a driver whose GCS stays away 60 s), reconnects to a new head and relaunches what was running:
     both studies complete their budgets. Then the head is killed and started again, and ``serve`` restarted: the
     study that was running resumes from the storage and completes."""
-    from service import ray_cluster
-    from service.settings import Settings
+    from phasetune.service import ray_cluster
+    from phasetune.service.settings import Settings
     from tests.conftest import Server
 
     port = free_port()

@@ -7,6 +7,7 @@ hides a circle, it does not remove it); only imports under ``if TYPE_CHECKING:``
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ LAYERS = ("search_spaces", "workers", "service")  # each may import only those b
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    """The name the module has once installed: each code folder is ``phasetune.<folder>``."""
+    parts = ["phasetune", *path.relative_to(ROOT).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -60,12 +62,24 @@ GRAPH = {module: _imports(module) for module in MODULES}
 
 
 def _layer(module: str) -> int:
-    return LAYERS.index(module.split(".")[0])
+    return LAYERS.index(module.split(".")[1])
 
 
 def test_the_walk_sees_the_project():
-    assert {"service.main", "workers.driver", "search_spaces.phased"} <= set(GRAPH)
-    assert "workers.spec" in GRAPH["service.studies"] and "search_spaces.plan" in GRAPH["workers.train"]
+    assert {"phasetune.service.main", "phasetune.workers.driver", "phasetune.search_spaces.phased"} <= set(GRAPH)
+    assert "phasetune.workers.spec" in GRAPH["phasetune.service.studies"]
+    assert "phasetune.search_spaces.plan" in GRAPH["phasetune.workers.train"]
+
+
+TOP_LEVEL = re.compile(r"^\s*(?:from|import)\s+(service|workers|search_spaces)\b", re.M)
+
+
+def test_no_module_imports_the_folders_by_their_top_level_names():
+    """Installed, the folders are ``phasetune.*`` only: ``import workers`` works in the repo and nowhere else."""
+    sources = [p for top in (*LAYERS, "phasetune", "tests", "bench", "examples") for p in (ROOT / top).rglob("*.py")]
+    assert len(sources) > 100
+    offenders = [str(p.relative_to(ROOT)) for p in sources if TOP_LEVEL.search(p.read_text())]
+    assert not offenders, f"import phasetune.<folder> instead, in {offenders}"
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service import ray_cluster
-from service.settings import Settings
+from phasetune.service import ray_cluster
+from phasetune.service.settings import Settings
 from tests.conftest import BIN, free_port
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import warnings
 import optuna
 import pytest
 
-from workers import optuna_study
+from phasetune.workers import optuna_study
 
 
 @pytest.fixture

@@ -13,20 +13,20 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from search_spaces import build_plan
-from service.db import migrate
-from service.main import create_app
-from service.settings import Settings
+from phasetune.search_spaces import build_plan
+from phasetune.service.db import migrate
+from phasetune.service.main import create_app
+from phasetune.service.settings import Settings
+from phasetune.workers import epoch_log, optuna_study
+from phasetune.workers.searcher import OptunaStudySearcher
+from phasetune.workers.seeding import SeedPolicy, SeedScope, trial_seeds
+from phasetune.workers.spec import Resources
+from phasetune.workers.train import train
+from phasetune.workers.tune_run import trial_slots
+from phasetune.workers.workloads import build_workload
+from phasetune.workers.workloads.cache import WorkloadCache
 from tests.test_api_fast import small_spec
 from tests.test_searcher import SPEC, _handle_for
-from workers import epoch_log, optuna_study
-from workers.searcher import OptunaStudySearcher
-from workers.seeding import SeedPolicy, SeedScope, trial_seeds
-from workers.spec import Resources
-from workers.train import train
-from workers.tune_run import trial_slots
-from workers.workloads import build_workload
-from workers.workloads.cache import WorkloadCache
 
 CONSTANT = {"family": "constant", "lr": 0.1, "momentum": 0.9}
 
@@ -263,7 +263,7 @@ def test_a_trial_whose_last_epoch_came_before_the_stop_is_complete_and_a_cut_one
 
 
 def test_a_stored_study_over_a_newer_limit_still_parses():
-    from workers.spec import MAX_EPOCH_TRIALS, StudySpec
+    from phasetune.workers.spec import MAX_EPOCH_TRIALS, StudySpec
 
     spec = StudySpec.parse({**SEARCHER_SPEC, "epochs": 1000, "n_trials": MAX_EPOCH_TRIALS})
     with pytest.raises(Exception, match="epochs × n_trials"):

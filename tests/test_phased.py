@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
-from search_spaces import PhasedOptimizer, attach, build_plan, trace
-from workers.seeding import batch_order
-from workers.train import train
-from workers.workloads import build_workload
+from phasetune.search_spaces import PhasedOptimizer, attach, build_plan, trace
+from phasetune.workers.seeding import batch_order
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 EPOCHS = 4
 # Phase 2 starts mid-epoch, with another weight decay and momentum: what a fresh optimizer per phase must carry.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
 
 PHASES = {
     "family": "phases",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from search_spaces.plot import plot_schedule, plotly_schedule, upload_schedule_png
+from phasetune.search_spaces.plot import plot_schedule, plotly_schedule, upload_schedule_png
 
 PHASES = {"family": "phases", "transition_epochs": [3],
           "phases": [{"lr": 0.5, "momentum": 0.0}, {"family": "cosine", "lr": 0.01, "momentum": 0.9}]}
@@ -46,7 +46,7 @@ def test_png_is_attached_to_a_trial(tmp_path: Path) -> None:
 
 def test_a_long_schedules_picture_costs_what_a_short_ones_does() -> None:
     """100,000 epochs are drawn from MAX_POINTS steps (plus the phases' edges), not from 3.2 million."""
-    from search_spaces.plot import MAX_POINTS, _series
+    from phasetune.search_spaces.plot import MAX_POINTS, _series
 
     data = _series(PHASES | {"transition_epochs": [30_000]}, 100_000, 32)
     assert MAX_POINTS <= len(data["lr"]) <= MAX_POINTS + 4
@@ -60,7 +60,7 @@ def test_the_trial_picture_draws_lr_and_momentum_where_they_are() -> None:
 
     from PIL import Image
 
-    from search_spaces.plot import schedule_png
+    from phasetune.search_spaces.plot import schedule_png
 
     def colours(png: bytes, top: bool) -> set:
         image = Image.open(io.BytesIO(png)).convert("RGB")

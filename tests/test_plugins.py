@@ -44,7 +44,7 @@ def _run(command: str, **env: str) -> subprocess.CompletedProcess:
 def uninstall_afterwards():
     yield
     subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DISTRIBUTION], capture_output=True)
-    from workers.workloads import reload
+    from phasetune.workers.workloads import reload
 
     reload()
 

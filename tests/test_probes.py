@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-from search_spaces.probes import (
+from phasetune.search_spaces.probes import (
     CurvatureResult,
     LRRangeResult,
     estimate_curvature,
@@ -24,9 +24,9 @@ from search_spaces.probes import (
     probe_units,
     result_to_dict,
 )
-from search_spaces.probes.curvature import DENSE_MAX_PARAMS, _gauss_newton_product, _output_hessian
-from search_spaces.probes.linear_chain import LinearChain
-from search_spaces.probes.lr_range import _loss_fn
+from phasetune.search_spaces.probes.curvature import DENSE_MAX_PARAMS, _gauss_newton_product, _output_hessian
+from phasetune.search_spaces.probes.linear_chain import LinearChain
+from phasetune.search_spaces.probes.lr_range import _loss_fn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -155,7 +155,7 @@ def test_quadratic_probe_finds_top_eigenvalue_and_the_gd_stability_edge() -> Non
 
 
 def test_quadratic_workload_probe_matches_its_spectrum() -> None:
-    workloads = pytest.importorskip("workers.workloads")
+    workloads = pytest.importorskip("phasetune.workers.workloads")
     w = workloads.build_workload("quadratic", {"dim": 30}, seed=0)
     x, y = probe_batch(w.train_x, w.train_y)
     res = estimate_curvature(w.model, x, y, w.loss_kind)
@@ -307,7 +307,7 @@ def test_probe_batch_is_a_fixed_subset() -> None:
 
 
 def test_digits_workload_probe_matches_oracle() -> None:
-    workloads = pytest.importorskip("workers.workloads")
+    workloads = pytest.importorskip("phasetune.workers.workloads")
     w = workloads.build_workload("digits", None, seed=0)
     x, y = probe_batch(w.train_x, w.train_y, max_examples=64)
     res = estimate_curvature(w.model, x, y, w.loss_kind, iters=100, tol=1e-4)

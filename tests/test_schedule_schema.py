@@ -11,10 +11,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from search_spaces import FAMILIES, SpecError, validate_schedule
-from search_spaces.errors import RuleError
-from search_spaces.schema import standalone
-from search_spaces.segment import OPTIMIZER_FIELDS
+from phasetune.search_spaces import FAMILIES, SpecError, validate_schedule
+from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.schema import standalone
+from phasetune.search_spaces.segment import OPTIMIZER_FIELDS
 from tests.test_schedule_space import EPOCHS, INVALID, SPACES, SPE, UNIT_ERRORS
 
 SCHEMA = standalone()

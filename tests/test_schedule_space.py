@@ -8,9 +8,9 @@ import math
 import optuna
 import pytest
 
-from search_spaces import FAMILIES, SpecError, build_plan, sample_schedule, trace, validate_schedule
-from search_spaces.families import Horizon
-from search_spaces.segment import build
+from phasetune.search_spaces import FAMILIES, SpecError, build_plan, sample_schedule, trace, validate_schedule
+from phasetune.search_spaces.families import Horizon
+from phasetune.search_spaces.segment import build
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EPOCHS, SPE = 10, 8

@@ -11,10 +11,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.auth import Scope, create_token
-from service.db import make_engine, migrate
-from service.main import create_app
-from service.settings import AuthMode, Settings
+from phasetune.service.auth import Scope, create_token
+from phasetune.service.db import make_engine, migrate
+from phasetune.service.main import create_app
+from phasetune.service.settings import AuthMode, Settings
 from tests.conftest import served_in_thread
 
 

@@ -6,11 +6,11 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from service.db import migrate
-from workers import epoch_log, study_attrs
-from workers.handle import StudyHandle
-from workers.optuna_study import sweep_stale_trials
-from workers.searcher import OptunaStudySearcher
+from phasetune.service.db import migrate
+from phasetune.workers import epoch_log, study_attrs
+from phasetune.workers.handle import StudyHandle
+from phasetune.workers.optuna_study import sweep_stale_trials
+from phasetune.workers.searcher import OptunaStudySearcher
 
 SPEC = {
     "name": "searcher",
@@ -179,8 +179,8 @@ def test_trials_share_the_studys_seeds_unless_asked_otherwise(storage_url):
 def test_a_driver_whose_spec_no_longer_parses_fails_the_study_with_the_reason(storage_url, tmp_path):
     """Whatever fails in a driver, the spec itself included, the study ends failed with its error and nothing of
     it RUNNING: the failure is written without the spec."""
-    from workers.study_attrs import StudyStatus
-    from workers.tune_run import run_study
+    from phasetune.workers.study_attrs import StudyStatus
+    from phasetune.workers.tune_run import run_study
 
     migrate(storage_url)
     handle = _handle_for(storage_url, "unparseable", epochs="many")

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from search_spaces import build_plan, trace
-from search_spaces.phased import realised_momentum
-from workers.train import train
-from workers.workloads import build_workload
+from phasetune.search_spaces import build_plan, trace
+from phasetune.search_spaces.phased import realised_momentum
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
 
 TWO_PHASE = {
     "family": "phases",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from workers.optuna_study import trial_end
-from workers.results import TRIAL_ERROR
-from workers.trainable import run_trial
+from phasetune.workers.optuna_study import trial_end
+from phasetune.workers.results import TRIAL_ERROR
+from phasetune.workers.trainable import run_trial
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,18 @@ import threading
 import pytest
 import torch
 
-from search_spaces import PhasedOptimizer, SpecError, build_plan
+from phasetune.search_spaces import PhasedOptimizer, SpecError, build_plan
+from phasetune.workers.train import train
+from phasetune.workers.workloads import (
+    Param,
+    TensorSplit,
+    build_workload,
+    registered,
+    resolve,
+    steps_per_epoch,
+    workloads,
+)
 from tests.data_helpers import make_image_folder, make_npz
-from workers.train import train
-from workers.workloads import Param, TensorSplit, build_workload, registered, resolve, steps_per_epoch, workloads
 
 BUILT_IN = {"ps10", "digits", "quadratic", "fashion_mnist", "npz", "image_folder"}
 
@@ -219,8 +227,8 @@ def test_both_data_paths_probe_the_same_examples(data_root):
 def test_what_a_workload_gives_is_checked_against_its_declaration():
     from torch import nn
 
-    from workers.workloads import ACCURACY, Data, Metric, WorkloadSpec
-    from workers.workloads.registry import _check_data, _check_groups
+    from phasetune.workers.workloads import ACCURACY, Data, Metric, WorkloadSpec
+    from phasetune.workers.workloads.registry import _check_data, _check_groups
 
     def spec(**kw) -> WorkloadSpec:
         base = dict(name="t", params={"batch_size": Param(4, low=1)}, data=lambda p, s: None,

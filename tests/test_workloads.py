@@ -8,9 +8,17 @@ from typing import Any
 import pytest
 import torch
 
-from search_spaces.errors import SpecError
-from workers.seeding import Seeds
-from workers.workloads import LOSS_KINDS, Workload, build_workload, registered, resolve, steps_per_epoch, workloads
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.workloads import (
+    LOSS_KINDS,
+    Workload,
+    build_workload,
+    registered,
+    resolve,
+    steps_per_epoch,
+    workloads,
+)
 
 # Small params keep every test well under a second; defaults are exercised in the training tests.
 SMALL: dict[str, dict[str, Any]] = {

@@ -8,7 +8,7 @@ Two halves, both here:
   trial is still one complete configuration to Optuna. The searcher enqueues those params (``enqueue_trial``);
 - the trial's, ``TrialBranch``: the trial resumes from the deepest checkpoint of its own prefix the store holds
   (whoever wrote it: a child of that trial) and leaves checkpoints at the space's checkpoint epochs
-  (``search_spaces.space.checkpoint_epochs``) it trains through. Nothing here can fail a trial: a missing,
+  (``phasetune.search_spaces.space.checkpoint_epochs``) it trains through. Nothing here can fail a trial: a missing,
   evicted or corrupt checkpoint means training from scratch, a store that cannot be written means no checkpoint
   left, and the trial's summary says so.
 
@@ -27,12 +27,12 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from search_spaces.errors import SpecError
-from search_spaces.families.base import Interval, integral
-from search_spaces.plan import Plan
-from workers.checkpoints import CheckpointStore, prefix_keys
-from workers.seeding import Seeds, stream_seed
-from workers.train import Checkpoint
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families.base import Interval, integral
+from phasetune.search_spaces.plan import Plan
+from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
+from phasetune.workers.seeding import Seeds, stream_seed
+from phasetune.workers.train import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class TrialBranch:
     def checkpoint_at(self) -> Container[int]:
         """The checkpoint epochs after the resumed one whose checkpoint the store does not hold yet, each taken
         only while the trial's checkpoint I/O so far is within ``IO_BUDGET`` of its time (asked as training
-        reaches it: ``workers.train``)."""
+        reaches it: ``phasetune.workers.train``)."""
         if self.store is None:
             return set()
         after = -1 if self.branched_at is None else self.branched_at

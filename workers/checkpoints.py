@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from search_spaces.plan import Plan
-from workers.seeding import Seeds
-from workers.train import Checkpoint
+from phasetune.search_spaces.plan import Plan
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import Checkpoint
 
 logger = logging.getLogger(__name__)
 SUFFIX = ".ckpt"

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from search_spaces.phased import PhasedOptimizer, apply_to_optimizer
-from workers.early_stopping import COOLDOWN_PREFIX, COOLDOWN_SECONDS, COOLDOWN_STEPS
-from workers.seeding import batch_order, stream_seed
-from workers.workloads import Workload
+from phasetune.search_spaces.phased import PhasedOptimizer, apply_to_optimizer
+from phasetune.workers.early_stopping import COOLDOWN_PREFIX, COOLDOWN_SECONDS, COOLDOWN_STEPS
+from phasetune.workers.seeding import batch_order, stream_seed
+from phasetune.workers.workloads import Workload
 
 
 def cooldown_probe(workload: Workload, driver: PhasedOptimizer, fraction: float, order_seed: int,

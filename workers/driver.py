@@ -13,8 +13,8 @@ from typing import Any
 
 import ray
 
-from workers.handle import StudyHandle
-from workers.tune_run import run_study
+from phasetune.workers.handle import StudyHandle
+from phasetune.workers.tune_run import run_study
 
 NAMESPACE = "phasetune"
 

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import SpecError
-from search_spaces.errors import RuleError
-from search_spaces.families.base import Interval, integral
-from search_spaces.params import finite
+from phasetune.search_spaces import SpecError
+from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.families.base import Interval, integral
+from phasetune.search_spaces.params import finite
 
 RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
 DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoch, score, reason, ...}

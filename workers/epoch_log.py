@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from workers.study_attrs import REALIZED_LR, REALIZED_MOMENTUM
+from phasetune.workers.study_attrs import REALIZED_LR, REALIZED_MOMENTUM
 
 EPOCHS_PER_CHUNK = 100
 FLUSH_S = 1.0

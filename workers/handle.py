@@ -16,9 +16,9 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from workers import optuna_study, study_attrs
-from workers.spec import StudySpec
-from workers.storage import DRIVER_CONNECT_WAIT_S, open_storage
+from phasetune.workers import optuna_study, study_attrs
+from phasetune.workers.spec import StudySpec
+from phasetune.workers.storage import DRIVER_CONNECT_WAIT_S, open_storage
 
 STOP_POLL_S = 1.0  # how often the stop flag is read from the storage (Tune asks many times a second)
 

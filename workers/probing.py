@@ -18,8 +18,8 @@ from typing import Any
 import ray
 import torch
 
-from search_spaces import presets
-from search_spaces.probes import (
+from phasetune.search_spaces import presets
+from phasetune.search_spaces.probes import (
     LOSS_KINDS,
     CurvatureOptions,
     LRRangeOptions,
@@ -28,9 +28,9 @@ from search_spaces.probes import (
     probe_units,
     result_to_dict,
 )
-from workers import study_attrs
-from workers.spec import StudySpec
-from workers.workloads import build_workload
+from phasetune.workers import study_attrs
+from phasetune.workers.spec import StudySpec
+from phasetune.workers.workloads import build_workload
 
 
 class ProbeKind(str, enum.Enum):

@@ -14,7 +14,7 @@ TRIAL_ERROR = "trial_error"  # the exception the trial raised (deterministic: it
 WORKER = "worker"  # JSON: the warm worker process that ran it ({"pid", "trial", "data", "model"})
 SCHEDULE_ATTRS = "schedule_attrs"  # JSON: what the plan adds to the trial's user attrs at its end
 REUSED = "reused"  # true on an epoch copied from the checkpoint the trial branched from (not trained again)
-BRANCH = "branch"  # JSON: the trial's use of the checkpoint store (``workers.branching.TrialBranch.summary``)
+BRANCH = "branch"  # JSON: the trial's use of the checkpoint store (``phasetune.workers.branching.TrialBranch.summary``)
 TIME_TOTAL_S = "time_total_s"  # Tune's own: seconds since the trial (this run of it) began
 
 

@@ -22,17 +22,17 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from search_spaces import SpecError, build_plan, sample_schedule, space
-from search_spaces.plot import upload_schedule_png
-from workers import branching, early_stopping, optuna_study, results, study_attrs
-from workers.checkpoints import CheckpointStore
-from workers.early_stopping import Decision, EarlyStopper, TrialRecords
-from workers.epoch_log import EpochLog
-from workers.handle import StudyHandle
-from workers.optuna_study import TrialEnd, TrialOutcome
-from workers.spec import Direction, StudySpec
-from workers.study_attrs import EndedBy
-from workers.workloads import workloads
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule, space
+from phasetune.search_spaces.plot import upload_schedule_png
+from phasetune.workers import branching, early_stopping, optuna_study, results, study_attrs
+from phasetune.workers.checkpoints import CheckpointStore
+from phasetune.workers.early_stopping import Decision, EarlyStopper, TrialRecords
+from phasetune.workers.epoch_log import EpochLog
+from phasetune.workers.handle import StudyHandle
+from phasetune.workers.optuna_study import TrialEnd, TrialOutcome
+from phasetune.workers.spec import Direction, StudySpec
+from phasetune.workers.study_attrs import EndedBy
+from phasetune.workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
 logger = logging.getLogger(__name__)
@@ -136,24 +136,12 @@ class OptunaStudySearcher(Searcher):
         recorded = self._study.user_attrs.get(study_attrs.CHECKPOINTS) or {}
         return {"reuses": int(recorded.get("reuses", 0)), "reused_epochs": int(recorded.get("reused_epochs", 0))}
 
-    def _enqueue_child(self) -> None:
-        """Make the next trial a child of a promising prefix when ``branching.propose`` says so: its shared params
-        fixed (Optuna's ``enqueue_trial``), the sampler draws the rest."""
-        if self._branching is None:
-            return
-        trials = self._study.get_trials(deepcopy=False)
-        completed = [branching.Completed(t.number, t.value, t.params) for t in trials
-                     if t.state is TrialState.COMPLETE and t.value is not None]
-        proposal = branching.propose(completed, len(trials), self._spec.branching,
-                                     maximize=self._spec.objective.direction is Direction.MAXIMIZE,
-                                     startup=self._spec.sampler.n_startup_trials, seed=self._spec.sampler_seed)
-        if proposal is not None:
-            self._study.enqueue_trial(proposal.params, user_attrs={branching.BRANCH_OF: proposal.parent},
-                                      skip_if_exists=False)
-
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while not self._handle.ending and self.remaining() > 0:
-            self._enqueue_child()
+            if self._branching is not None:  # the next trial may be a child of a promising prefix
+                optuna_study.enqueue_child(self._study, self._spec.branching,
+                                           maximize=self._spec.objective.direction is Direction.MAXIMIZE,
+                                           startup=self._spec.sampler.n_startup_trials, seed=self._spec.sampler_seed)
             trial = self._study.ask()
             try:
                 schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from search_spaces import SpecError, presets, validate_schedule
-from search_spaces.errors import RuleError
-from search_spaces.space import checkpoint_epochs
-from workers.branching import Branching
-from workers.early_stopping import EarlyStopping, Policy
-from workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
-from workers.workloads import resolve_runtime, workload_steps
+from phasetune.search_spaces import SpecError, presets, validate_schedule
+from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.space import checkpoint_epochs
+from phasetune.workers.branching import Branching
+from phasetune.workers.early_stopping import EarlyStopping, Policy
+from phasetune.workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
+from phasetune.workers.workloads import resolve_runtime, workload_steps
 
 
 class Direction(str, enum.Enum):

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from search_spaces.phased import PhasedOptimizer, realised_momentum
-from search_spaces.plan import Plan
-from workers.cooldown import cooldown_probe
-from workers.early_stopping import INITIAL_LOSS, LARGE_STEP, ProbeSchedule
-from workers.results import LAST_EPOCH
-from workers.seeding import batch_order, stream_seed
-from workers.workloads import Workload
+from phasetune.search_spaces.phased import PhasedOptimizer, realised_momentum
+from phasetune.search_spaces.plan import Plan
+from phasetune.workers.cooldown import cooldown_probe
+from phasetune.workers.early_stopping import INITIAL_LOSS, LARGE_STEP, ProbeSchedule
+from phasetune.workers.results import LAST_EPOCH
+from phasetune.workers.seeding import batch_order, stream_seed
+from phasetune.workers.workloads import Workload
 
 EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training here (an early stop)
 
@@ -66,7 +66,7 @@ def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
     ``test_loss`` and ``test_<metric>`` where the workload has a test split. Training ends early when the loss
     diverges (non-finite) or a loss-driven schedule (AutoDecay) says so, or ``on_epoch`` returns True. Epoch 0 also
     reports ``initial_loss`` (its first batch's, before any step); every epoch ``large_step_phase``; an epoch that
-    ``probes`` marks, the cooldown probe's ``cooldown_*`` metrics (``workers.cooldown``).
+    ``probes`` marks, the cooldown probe's ``cooldown_*`` metrics (``phasetune.workers.cooldown``).
 
     At the end of each epoch in ``checkpoint_at`` that training goes on from, ``on_checkpoint`` gets a
     ``Checkpoint``; ``resume`` starts after the checkpoint's epoch instead of at 0 (``on_epoch`` is called for the

@@ -18,14 +18,14 @@ import ray
 import torch
 from ray import tune
 
-from search_spaces.plan import build_plan
-from workers.branching import TrialBranch
-from workers.early_stopping import EarlyStopping, ProbeSchedule
-from workers.results import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
-from workers.seeding import Seeds
-from workers.train import train
-from workers.workloads import build_workload, registered
-from workers.workloads.cache import PROCESS_CACHE
+from phasetune.search_spaces.plan import build_plan
+from phasetune.workers.branching import TrialBranch
+from phasetune.workers.early_stopping import EarlyStopping, ProbeSchedule
+from phasetune.workers.results import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload, registered
+from phasetune.workers.workloads.cache import PROCESS_CACHE
 
 _TRIALS_HERE = itertools.count(1)  # the how-manieth trial this (reused) worker process runs
 

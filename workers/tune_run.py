@@ -15,14 +15,14 @@ from typing import Any
 import ray
 from ray import tune
 
-from search_spaces import space
-from workers import optuna_study, probing, study_attrs
-from workers.handle import StudyHandle
-from workers.results import past_time_limit
-from workers.searcher import OptunaStudySearcher
-from workers.spec import Resources
-from workers.study_attrs import EndedBy, StudyStatus
-from workers.trainable import run_trial
+from phasetune.search_spaces import space
+from phasetune.workers import optuna_study, probing, study_attrs
+from phasetune.workers.handle import StudyHandle
+from phasetune.workers.results import past_time_limit
+from phasetune.workers.searcher import OptunaStudySearcher
+from phasetune.workers.spec import Resources
+from phasetune.workers.study_attrs import EndedBy, StudyStatus
+from phasetune.workers.trainable import run_trial
 
 logger = logging.getLogger(__name__)
 LOST_TRIAL_RETRIES = 2  # a trial whose process or node died is retried on another node this often

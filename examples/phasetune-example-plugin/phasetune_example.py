@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from workers.workloads import Data, Metric, Param, TensorSplit, WorkloadSpec
+from phasetune.workloads import Data, Metric, Param, TensorSplit, WorkloadSpec
 
 
 def data(params, seed):  # seed: the study's data seed

@@ -1,6 +1,6 @@
 """Schedule families, one module each; importing this package registers them all in ``FAMILIES``."""
 
-from search_spaces.families import (  # noqa: F401  (registers)
+from phasetune.search_spaces.families import (  # noqa: F401  (registers)
     autodecay,
     constant,
     cosine,
@@ -13,7 +13,7 @@ from search_spaces.families import (  # noqa: F401  (registers)
     sgdr,
     step,
 )
-from search_spaces.families.base import FAMILIES, Field, Horizon, LRSchedule, Point, register
-from search_spaces.families.warmup import Warmup
+from phasetune.search_spaces.families.base import FAMILIES, Field, Horizon, LRSchedule, Point, register
+from phasetune.search_spaces.families.warmup import Warmup
 
 __all__ = ["FAMILIES", "Field", "Horizon", "LRSchedule", "Point", "Warmup", "register"]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-from search_spaces.errors import SpecError
+from phasetune.search_spaces.errors import SpecError
 
 
 class Point(NamedTuple):

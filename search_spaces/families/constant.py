@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
+from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
 
 
 @register

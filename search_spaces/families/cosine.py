@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from search_spaces.families.annealing import Annealing
-from search_spaces.families.base import register
+from phasetune.search_spaces.families.annealing import Annealing
+from phasetune.search_spaces.families.base import register
 
 
 @register

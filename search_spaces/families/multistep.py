@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
 
 
 @register

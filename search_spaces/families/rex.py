@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search_spaces.families.annealing import Annealing
-from search_spaces.families.base import Field, Interval, register
+from phasetune.search_spaces.families.annealing import Annealing
+from phasetune.search_spaces.families.base import Field, Interval, register
 
 
 @register

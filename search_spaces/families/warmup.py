@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces.errors import SpecError
-from search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, in_unit_interval
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, in_unit_interval
 
 WARMUP_FIELDS: dict[str, Field] = {
     "epochs": Field("float", required=True, check=duration),

@@ -1,7 +1,7 @@
 """Regime probes (issue 5): the curvature probe (lr_crit = 2/λ0) and the LR range test (lr_div).
 
 Their outputs are the units of regime-aware ranges: a range ``{"low", "high", "unit": "lr_crit"}`` is
-scaled by ``units = probe_units(curvature, range_test)`` in ``search_spaces.params.suggest``.
+scaled by ``units = probe_units(curvature, range_test)`` in ``phasetune.search_spaces.params.suggest``.
 Pure torch; the REST layer stores ``result_to_dict(result)``.
 """
 
@@ -11,15 +11,15 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from search_spaces.probes.curvature import (
+from phasetune.search_spaces.probes.curvature import (
     LOSS_KINDS,
     CurvatureResult,
     estimate_curvature,
     exact_curvature,
     probe_batch,
 )
-from search_spaces.probes.lr_range import LRRangeResult, lr_range_test
-from search_spaces.probes.options import PROBE_BATCH, CurvatureOptions, LRRangeOptions
+from phasetune.search_spaces.probes.lr_range import LRRangeResult, lr_range_test
+from phasetune.search_spaces.probes.options import PROBE_BATCH, CurvatureOptions, LRRangeOptions
 
 __all__ = [
     "LOSS_KINDS",
@@ -54,7 +54,7 @@ def result_to_dict(result: CurvatureResult | LRRangeResult) -> dict[str, Any]:
 def probe_units(
     curvature: CurvatureResult | None = None, lr_range: LRRangeResult | None = None
 ) -> dict[str, float]:
-    """The ``units`` mapping for ``search_spaces.params.suggest``: {"lr_crit": 2/λ0, "lr_div": η_div}.
+    """The ``units`` mapping for ``phasetune.search_spaces.params.suggest``: {"lr_crit": 2/λ0, "lr_div": η_div}.
 
     A unit is left out when its probe was not run or gave no finite value, so a range that needs it fails
     with a located SpecError instead of silently scaling by garbage.

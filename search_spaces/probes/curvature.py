@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from search_spaces.probes.linear_chain import LinearChain
-from search_spaces.probes.options import PROBE_BATCH, CurvatureOptions
+from phasetune.search_spaces.probes.linear_chain import LinearChain
+from phasetune.search_spaces.probes.options import PROBE_BATCH, CurvatureOptions
 
 # Same names as workers.workloads.base.LOSS_KINDS (duplicated: probes must not import workers).
 #   "cross_entropy": mean softmax cross-entropy, H_α = diag(p) − ppᵀ;

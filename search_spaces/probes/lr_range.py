@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from search_spaces.probes.curvature import LOSS_KINDS
-from search_spaces.probes.options import LRRangeOptions
+from phasetune.search_spaces.probes.curvature import LOSS_KINDS
+from phasetune.search_spaces.probes.options import LRRangeOptions
 
 OPTIMIZERS = ("sgd", "adam")
 DIV_FACTOR = 4.0  # fastai stop_div: smoothed loss > 4 × its minimum

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db import describe_error
-from service.deps import EngineDep, LauncherDep
+from phasetune.service.db import describe_error
+from phasetune.service.deps import EngineDep, LauncherDep
 
 router = APIRouter(tags=["health"])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from service import probes
-from service.auth import AUTH_RESPONSES, READ, WRITE
-from service.deps import EngineDep, LauncherDep, ProbeRunnerDep, SettingsDep
-from service.schemas import ProbeCreate, ProbeOut
+from phasetune.service import probes
+from phasetune.service.auth import AUTH_RESPONSES, READ, WRITE
+from phasetune.service.deps import EngineDep, LauncherDep, ProbeRunnerDep, SettingsDep
+from phasetune.service.schemas import ProbeCreate, ProbeOut
 
 router = APIRouter(prefix="/probes", tags=["probes"], responses=AUTH_RESPONSES)
 

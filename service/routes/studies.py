@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from service import studies
-from service.auth import AUTH_RESPONSES, READ, WRITE
-from service.db import ID_MAX
-from service.deps import LauncherDep, SettingsDep, StorageDep
-from service.schemas import StudyCreate, StudyOut, TrialOut
+from phasetune.service import studies
+from phasetune.service.auth import AUTH_RESPONSES, READ, WRITE
+from phasetune.service.db import ID_MAX
+from phasetune.service.deps import LauncherDep, SettingsDep, StorageDep
+from phasetune.service.schemas import StudyCreate, StudyOut, TrialOut
 
 router = APIRouter(prefix="/studies", tags=["studies"], responses=AUTH_RESPONSES)
 NOT_FOUND = {404: {"description": "no phasetune study has this id"}}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from service import auth
-from service.auth import ADMIN, AUTH_RESPONSES
-from service.db import ID_MAX
-from service.deps import EngineDep
-from service.schemas import TokenCreate, TokenCreated, TokenOut
+from phasetune.service import auth
+from phasetune.service.auth import ADMIN, AUTH_RESPONSES
+from phasetune.service.db import ID_MAX
+from phasetune.service.deps import EngineDep
+from phasetune.service.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_RESPONSES, dependencies=[ADMIN])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service import workloads
-from service.auth import AUTH_RESPONSES, READ
-from service.schemas import WorkloadOut
+from phasetune.service import workloads
+from phasetune.service.auth import AUTH_RESPONSES, READ
+from phasetune.service.schemas import WorkloadOut
 
 router = APIRouter(prefix="/workloads", tags=["workloads"], responses=AUTH_RESPONSES, dependencies=[READ])
 

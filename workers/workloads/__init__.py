@@ -1,15 +1,15 @@
 """Workloads: the public contract a package implements (``contract``), and the registry of installed ones.
 
-A plugin imports what it needs from here::
+A plugin imports the contract from its stable path, ``phasetune.workloads``::
 
-    from workers.workloads import ACCURACY, Data, Metric, Param, TensorSplit, WorkloadSpec
+    from phasetune.workloads import ACCURACY, Data, Metric, Param, TensorSplit, WorkloadSpec
 
 and declares its ``WorkloadSpec`` under the entry-point group ``phasetune.workloads`` (see ``contract``).
 """
 
 from __future__ import annotations
 
-from workers.workloads.contract import (
+from phasetune.workers.workloads.contract import (
     ACCURACY,
     LOSS_KINDS,
     LOSSES,
@@ -20,7 +20,7 @@ from workers.workloads.contract import (
     TensorSplit,
     WorkloadSpec,
 )
-from workers.workloads.registry import (
+from phasetune.workers.workloads.registry import (
     GROUP,
     Registered,
     build_workload,
@@ -33,7 +33,7 @@ from workers.workloads.registry import (
     workload_steps,
     workloads,
 )
-from workers.workloads.runtime import Workload
+from phasetune.workers.workloads.runtime import Workload
 
 __all__ = [
     "ACCURACY",

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from workers.workloads.contract import Data
+from phasetune.workers.workloads.contract import Data
 
 T = TypeVar("T")
 ENTRIES = 2  # per kind: a worker rarely serves more than one study at a time

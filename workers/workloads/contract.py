@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.errors import SpecError
-from search_spaces.families.base import integral
+from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.families.base import integral
 
-# The losses whose output Hessian the curvature probe knows (``search_spaces.probes.LOSS_KINDS``):
+# The losses whose output Hessian the curvature probe knows (``phasetune.search_spaces.probes.LOSS_KINDS``):
 #   "cross_entropy": mean softmax cross-entropy over the batch, targets are class indices;
 #   "mse": torch MSELoss(reduction="mean") over all output entries;
 #   "half_sum_squares": 0.5 * ||f - y||^2 summed over outputs, mean over examples.

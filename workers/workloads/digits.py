@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from search_spaces.errors import SpecError
-from workers.seeding import generator
-from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
-from workers.workloads.models import mlp
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import generator
+from phasetune.workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
+from phasetune.workers.workloads.models import mlp
 
 N_IMAGES = 1797
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from search_spaces.errors import SpecError
-from workers.seeding import generator
-from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
-from workers.workloads.models import cnn, no_decay_on_biases_and_norms
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import generator
+from phasetune.workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
+from phasetune.workers.workloads.models import cnn, no_decay_on_biases_and_norms
 
 PACKAGE = "dataset-fashion-mnist"
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from search_spaces.errors import SpecError
-from workers.seeding import generator
-from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
-from workers.workloads.models import cnn, mlp, no_decay_on_biases_and_norms
-from workers.workloads.paths import inside
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import generator
+from phasetune.workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
+from phasetune.workers.workloads.models import cnn, mlp, no_decay_on_biases_and_norms
+from phasetune.workers.workloads.paths import inside
 
 MODEL_PARAMS = {
     "model": Param("mlp", "mlp (one hidden layer over the flattened input) or cnn (3 conv blocks)",

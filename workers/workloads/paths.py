@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from search_spaces.errors import SpecError
+from phasetune.search_spaces.errors import SpecError
 
 DATA_ROOT_ENV = "PHASETUNE_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path(".phasetune") / "data"

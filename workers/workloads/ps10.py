@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.errors import SpecError
-from workers.seeding import generator
-from workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
-from workers.workloads.models import mlp
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import generator
+from phasetune.workers.workloads.contract import Data, Param, TensorSplit, WorkloadSpec
+from phasetune.workers.workloads.models import mlp
 
 N_CLASSES = 10
 PATTERNS_PER_CLASS = {"simple": 10, "complex": 100}

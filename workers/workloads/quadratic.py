@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces.errors import SpecError
-from workers.seeding import generator
-from workers.workloads.contract import LOSSES, Data, Param, TensorSplit, WorkloadSpec
+from phasetune.search_spaces.errors import SpecError
+from phasetune.workers.seeding import generator
+from phasetune.workers.workloads.contract import LOSSES, Data, Param, TensorSplit, WorkloadSpec
 
 PARAMS = {
     "dim": Param(20, "dimension of x (A is dim x dim, float64)", low=1, high=4096),

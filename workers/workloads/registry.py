@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from search_spaces.errors import RuleError, SpecError
-from search_spaces.families.base import integral
-from workers.seeding import Seeds, seeded_init
-from workers.workloads.cache import WorkloadCache, params_key
-from workers.workloads.contract import Data, WorkloadSpec
-from workers.workloads.paths import default_data_root, resolve_under
-from workers.workloads.runtime import Workload
+from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.families.base import integral
+from phasetune.workers.seeding import Seeds, seeded_init
+from phasetune.workers.workloads.cache import WorkloadCache, params_key
+from phasetune.workers.workloads.contract import Data, WorkloadSpec
+from phasetune.workers.workloads.paths import default_data_root, resolve_under
+from phasetune.workers.workloads.runtime import Workload
 
 GROUP = "phasetune.workloads"
 

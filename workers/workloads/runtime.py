@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from search_spaces.probes import probe_batch
-from workers.workloads.contract import Data, Metric, Split, TensorSplit, WorkloadSpec
+from phasetune.search_spaces.probes import probe_batch
+from phasetune.workers.workloads.contract import Data, Metric, Split, TensorSplit, WorkloadSpec
 
 EVAL_BATCH = 1024  # examples per forward pass when evaluating (larger batches are slower on a CPU for convnets)
 

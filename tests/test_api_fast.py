@@ -255,6 +255,9 @@ def test_a_study_is_stored_in_optuna_under_its_optuna_id(client, storage):
     assert study["status"] == "queued" and study["n_trials"] == 0 and study["created_at"]
     # One id everywhere: phasetune's is Optuna's (the dashboard's).
     assert study["id"] == optuna.storages.RDBStorage(storage).get_study_id_from_name("stored")
+    # The dashboard and optuna.load_study name the objective (not "Objective 0").
+    metric = study["spec"]["objective"]["metric"]
+    assert optuna.load_study(study_name="stored", storage=storage).metric_names == [metric]
     # The stored spec has every default filled in, from one owner.
     spec = study["spec"]
     assert spec["seed"] == 0 and spec["seed_policy"] == {"init": "study", "batch_order": "study"}

@@ -11,6 +11,7 @@ from phasetune.workers import epoch_log, study_attrs
 from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import sweep_stale_trials
 from phasetune.workers.searcher import OptunaStudySearcher
+from phasetune.workers.spec import TRIAL_CONFIG
 
 SPEC = {
     "name": "searcher",
@@ -45,7 +46,9 @@ def test_states_values_and_budget(handle):
     searcher = OptunaStudySearcher(handle)
     first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
     assert searcher.suggest("t3") == Searcher.FINISHED  # the budget is n_trials
-    assert first["schedule"]["family"] == "constant" and first["epochs"] == 3
+    config = first[TRIAL_CONFIG]
+    assert config.schedule["family"] == "constant" and config.epochs == 3 and config.number == 0
+    assert config.seeds == handle.spec.trial_seeds(0) and config.metric == "val_loss"
 
     for epoch in range(2):
         searcher.on_trial_result("t0", _result(epoch, 1.0 - epoch / 10))
@@ -61,7 +64,7 @@ def test_states_values_and_budget(handle):
     assert "diverged" in trials[2].user_attrs["fail_reason"], trials[2].user_attrs
     assert trials[0].intermediate_values == {0: 1.0, 1: 0.9, 2: 0.5}
     assert trials[0].user_attrs["realized_lr"] == [0.1, 0.1, 0.1]
-    assert trials[0].user_attrs["schedule"] == first["schedule"]
+    assert trials[0].user_attrs["schedule"] == config.schedule
     assert searcher.remaining() == 0
 
 
@@ -146,7 +149,7 @@ def test_an_invalid_sample_fails_its_trial_not_the_study(storage_url):
     for trial in failed:
         assert trial.params["eta_min"] > trial.params["lr"]
         assert "eta_min" in trial.user_attrs["fail_reason"] and "lr" in trial.user_attrs["fail_reason"]
-    assert all(c["schedule"]["eta_min"] <= c["schedule"]["lr"] for c in started)
+    assert all(c[TRIAL_CONFIG].schedule["eta_min"] <= c[TRIAL_CONFIG].schedule["lr"] for c in started)
 
 
 def test_a_trials_own_error_ends_it_fail_with_the_reason(handle):
@@ -165,15 +168,15 @@ def test_a_trials_own_error_ends_it_fail_with_the_reason(handle):
 def test_trials_share_the_studys_seeds_unless_asked_otherwise(storage_url):
     migrate(storage_url)
     shared = OptunaStudySearcher(_handle_for(storage_url, "shared", seed=7))
-    configs = [shared.suggest(f"t{i}") for i in range(3)]
-    assert [c["seeds"] for c in configs] == [{"data": 7, "init": 7, "batch_order": 7}] * 3
+    configs = [shared.suggest(f"t{i}")[TRIAL_CONFIG] for i in range(3)]
+    assert [c.seeds.as_attrs() for c in configs] == [{"data": 7, "init": 7, "batch_order": 7}] * 3
     per_trial = OptunaStudySearcher(_handle_for(storage_url, "robust", seed=7,
                                                 seed_policy={"init": "trial", "batch_order": "study"}))
-    configs = [per_trial.suggest(f"t{i}") for i in range(3)]
-    assert {c["seeds"]["data"] for c in configs} == {7} and {c["seeds"]["batch_order"] for c in configs} == {7}
-    assert len({c["seeds"]["init"] for c in configs}) == 3
+    configs = [per_trial.suggest(f"t{i}")[TRIAL_CONFIG] for i in range(3)]
+    assert {c.seeds.data for c in configs} == {7} and {c.seeds.batch_order for c in configs} == {7}
+    assert len({c.seeds.init for c in configs}) == 3
     trials = optuna.load_study(study_name="robust", storage=storage_url).trials
-    assert [t.user_attrs["seeds"] for t in trials] == [c["seeds"] for c in configs]
+    assert [t.user_attrs["seeds"] for t in trials] == [c.seeds.as_attrs() for c in configs]
 
 
 def test_a_driver_whose_spec_no_longer_parses_fails_the_study_with_the_reason(storage_url, tmp_path):

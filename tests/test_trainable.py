@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
+from phasetune.workers.early_stopping import EarlyStopping
 from phasetune.workers.optuna_study import trial_end
 from phasetune.workers.results import TRIAL_ERROR
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.spec import TRIAL_CONFIG, TrialConfig, WorkloadRef
 from phasetune.workers.trainable import run_trial
 
 pytestmark = pytest.mark.slow
@@ -14,12 +17,12 @@ pytestmark = pytest.mark.slow
 
 def test_a_deterministic_error_is_reported_not_retried(ray_client, tmp_path):
     # Valid at submission for no workload: the warmup is longer than the run, so building the plan raises.
-    config = {"schedule": {"family": "cosine", "lr": 0.1, "warmup": {"epochs": 5}},
-              "workload": {"name": "quadratic", "params": {}}, "epochs": 2,
-              "seeds": {"data": 0, "init": 0, "batch_order": 0}, "metric": "val_loss", "cpus": 1}
+    config = TrialConfig(number=0, schedule={"family": "cosine", "lr": 0.1, "warmup": {"epochs": 5}},
+                         workload=WorkloadRef("quadratic", {}), epochs=2, seeds=Seeds(0, 0, 0), metric="val_loss",
+                         data_root=None, cpus=1, early_stopping=EarlyStopping())
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
-        param_space=config,
+        param_space={TRIAL_CONFIG: config},
         # The metric the study's searcher names: Tune refuses a result without it (strict metric checking).
         tune_config=tune.TuneConfig(metric="val_loss", mode="min"),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,

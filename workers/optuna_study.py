@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,9 @@ def create_study(storage: optuna.storages.BaseStorage, spec: StudySpec, attrs: M
     study = optuna.create_study(storage=storage, study_name=spec.name, sampler=make_sampler(spec),
                                 pruner=make_pruner(), direction=spec.objective.direction.value)
     try:
+        with warnings.catch_warnings():  # experimental in Optuna 4-5: the dashboard labels its curves with it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.objective.metric])
         for key, value in {**attrs, study_attrs.SPEC: spec.to_dict()}.items():
             study.set_user_attr(key, value)
     except BaseException:

@@ -30,7 +30,7 @@ from phasetune.workers.early_stopping import Decision, EarlyStopper, TrialRecord
 from phasetune.workers.epoch_log import EpochLog
 from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import TrialEnd, TrialOutcome
-from phasetune.workers.spec import Direction, StudySpec
+from phasetune.workers.spec import TRIAL_CONFIG, Direction, StudySpec
 from phasetune.workers.study_attrs import EndedBy
 from phasetune.workers.workloads import workloads
 
@@ -167,19 +167,9 @@ class OptunaStudySearcher(Searcher):
                 self._handle.artifact_store)
         self._trials[trial_id] = trial
         self._logs[trial_id] = EpochLog()
-        return {
-            "optuna_trial_number": trial.number,
-            "schedule": schedule,
-            "workload": {"name": self._spec.workload.name, "params": dict(self._spec.workload.params)},
-            "epochs": self._spec.epochs,
-            "seeds": seeds.as_attrs(),
-            "metric": self._spec.objective.metric,  # an error result must carry it too (Tune's strict check)
-            "data_root": self._spec.data_root,
-            "cpus": self._spec.resources_per_trial.cpu,
-            "early_stopping": self._spec.early_stopping.to_dict(),  # which epochs the trial probes
-            "branching": None if self._branching is None else {
-                **self._branching, "parent": trial.user_attrs.get(branching.BRANCH_OF)},
-        }
+        branch = None if self._branching is None else {
+            **self._branching, "parent": trial.user_attrs.get(branching.BRANCH_OF)}
+        return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule, branch)}
 
     def should_stop(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Early stopping's decision on the trial's epoch ``result`` (Tune's stopper asks, before

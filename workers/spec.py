@@ -157,6 +157,36 @@ class StudySpec:
         """The seeds trial ``trial_number`` trains with, under this study's seed policy."""
         return trial_seeds(self.seed, self.seed_policy, trial_number)
 
+    def trial_config(self, number: int, schedule: Mapping[str, Any],
+                     branching: Mapping[str, Any] | None = None) -> TrialConfig:
+        """What trial ``number`` trains: this study's workload, epochs and seeds, and its own concrete schedule."""
+        return TrialConfig(number=number, schedule=schedule, workload=self.workload, epochs=self.epochs,
+                           seeds=self.trial_seeds(number), metric=self.objective.metric, data_root=self.data_root,
+                           cpus=self.resources_per_trial.cpu, early_stopping=self.early_stopping, branching=branching)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial as the trainable reads it: built by the searcher from the study's spec, parsed nowhere else.
+
+    It crosses Ray Tune whole, as the only value of the trial's config (``TRIAL_CONFIG``): Tune flattens nested
+    dicts in what it logs, and a frozen object needs no re-parsing in every trial.
+    """
+
+    number: int  # the Optuna trial number
+    schedule: Mapping[str, Any]  # the concrete schedule (numbers only)
+    workload: WorkloadRef
+    epochs: int
+    seeds: Seeds
+    metric: str  # the objective: an error result carries it too (Tune refuses a result without it)
+    data_root: str | None
+    cpus: float
+    early_stopping: EarlyStopping  # which epochs the trial probes
+    branching: Mapping[str, Any] | None = None  # the checkpoint store: {root, max_bytes, epochs, parent}; None: none
+
+
+TRIAL_CONFIG = "trial"  # the key of the ``TrialConfig`` in the config Tune hands the trainable
+
 
 def _check_branching(schedule: Mapping[str, Any], epochs: int, seed_policy: SeedPolicy) -> None:
     """Branching shares a phase prefix between trials: the space needs phases, and trials the same seeds."""

@@ -20,9 +20,9 @@ from ray import tune
 
 from phasetune.search_spaces.plan import build_plan
 from phasetune.workers.branching import TrialBranch
-from phasetune.workers.early_stopping import EarlyStopping, ProbeSchedule
+from phasetune.workers.early_stopping import ProbeSchedule
 from phasetune.workers.results import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
-from phasetune.workers.seeding import Seeds
+from phasetune.workers.spec import TRIAL_CONFIG, TrialConfig
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload, registered
 from phasetune.workers.workloads.cache import PROCESS_CACHE
@@ -31,28 +31,27 @@ _TRIALS_HERE = itertools.count(1)  # the how-manieth trial this (reused) worker 
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config`` carries the study's workload, epochs, this trial's seeds and
-    schedule (``OptunaStudySearcher._start``)."""
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
+    """Ray Tune function trainable: ``config[TRIAL_CONFIG]`` is the trial's ``TrialConfig`` (the searcher's)."""
+    trial: TrialConfig = config[TRIAL_CONFIG]
+    torch.set_num_threads(max(1, int(trial.cpus)))
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray exposes a GPU only to trials that asked for one
     where: dict[str, Any] = {"device": device}
     try:
         context = ray.get_runtime_context()
         where.update(ray_node_id=context.get_node_id(), ray_node_ip=ray.util.get_node_ip_address())
-        entry = registered().get(config["workload"]["name"])
+        entry = registered().get(trial.workload.name)
         if entry is not None:  # which code trains it on this node: a plugin may differ between nodes
             where["workload_origin"] = f"{entry.distribution} {entry.version}"
-        seeds = Seeds(**config["seeds"])
-        workload = build_workload(config["workload"]["name"], config["workload"]["params"], seeds,
-                                  config.get("data_root"), cache=PROCESS_CACHE).to(device)
+        workload = build_workload(trial.workload.name, trial.workload.params, trial.seeds, trial.data_root,
+                                  cache=PROCESS_CACHE).to(device)
         # A JSON string (Tune flattens nested dicts): which warm process ran it, and what its cache gave.
         where[WORKER] = json.dumps({"pid": os.getpid(), "trial": next(_TRIALS_HERE), **workload.reused})
-        plan = build_plan(config["schedule"], config["epochs"], workload.steps_per_epoch)
+        plan = build_plan(trial.schedule, trial.epochs, workload.steps_per_epoch)
 
         branch = None
-        if config.get("branching"):
-            branch = TrialBranch.open(config["branching"], config["workload"]["name"], config["workload"]["params"],
-                                      seeds, plan, config["optuna_trial_number"])
+        if trial.branching:
+            branch = TrialBranch.open(trial.branching, trial.workload.name, trial.workload.params, trial.seeds, plan,
+                                      trial.number)
 
         def report(metrics: dict[str, Any]) -> None:
             # JSON strings: Tune flattens nested dicts in the results it hands to searchers.
@@ -65,9 +64,9 @@ def run_trial(config: dict[str, Any]) -> None:
         resume = branch.resume() if branch is not None else None
         for reused in resume.history if resume is not None else ():  # the whole curve: the prefix, as it was
             report({**reused, REUSED: True})
-        probes = ProbeSchedule(EarlyStopping.parse(config.get("early_stopping")), config["epochs"])
-        train(workload, plan, config["epochs"], order_seed=seeds.batch_order, on_epoch=report, probes=probes,
+        probes = ProbeSchedule(trial.early_stopping, trial.epochs)
+        train(workload, plan, trial.epochs, order_seed=trial.seeds.batch_order, on_epoch=report, probes=probes,
               checkpoint_at=branch.checkpoint_at if branch is not None else (),
               on_checkpoint=branch.save if branch is not None else None, resume=resume)
     except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
-        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", config["metric"]: math.nan, "done": True, **where})
+        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", trial.metric: math.nan, "done": True, **where})

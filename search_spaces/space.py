@@ -7,6 +7,7 @@ concrete schedule from an Optuna trial, define-by-run, so a family's parameters 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,19 +115,45 @@ def check_expandable(space: Mapping[str, Any], epochs: int, units: Mapping[str, 
             presets.expand(option, epochs, units)
 
 
+# Optuna param names: written by ``sample`` and read back by whatever groups a trial's params by schedule position
+# (``workers.branching``), so the naming has this one owner. An option of ``choices`` prefixes its params with
+# "<label>.".
+CHOICE_PARAM = "schedule"  # the categorical between the options of a space with ``choices``
+_PHASE_PARAM = re.compile(r"^(?:[^.]+\.)?phase(\d+)\.")
+_BOUNDARY_PARAM = re.compile(r"^(?:[^.]+\.)?transition_epoch(\d+)$")
+
+
+def _phase_prefix(prefix: str, index: int) -> str:
+    return f"{prefix}phase{index}."
+
+
+def _boundary_param(prefix: str, index: int) -> str:
+    return f"{prefix}transition_epoch{index}"
+
+
+def phase_index(name: str) -> int | None:
+    """The phase whose setting param ``name`` is (None: not a phase's)."""
+    return int(match.group(1)) if (match := _PHASE_PARAM.match(name)) else None
+
+
+def boundary_index(name: str) -> int | None:
+    """``i`` when param ``name`` is the transition epoch between phases ``i`` and ``i + 1`` (None: it is not)."""
+    return int(match.group(1)) if (match := _BOUNDARY_PARAM.match(name)) else None
+
+
 def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
            units: Mapping[str, float] | None = None, prefix: str = "") -> dict[str, Any]:
     """A concrete schedule (numbers only) drawn from ``space``; Optuna param names are prefixed by the path."""
     if "choices" in space:
         labels = choice_labels(space["choices"])
-        label = trial.suggest_categorical(f"{prefix}schedule", labels)
+        label = trial.suggest_categorical(f"{prefix}{CHOICE_PARAM}", labels)
         return sample(trial, space["choices"][labels.index(label)], epochs, units, prefix=f"{label}.")
     if presets.is_preset(space):  # expanded here: only the driver knows the study's probe units
         return sample(trial, presets.expand(space, epochs, units or {}), epochs, units, prefix)
     if space.get("family") != PHASES:
         return segment.sample(trial, space, prefix, default_family=None, units=units)
     phases = [
-        segment.sample(trial, phase, f"{prefix}phase{i}.", default_family="constant", units=units)
+        segment.sample(trial, phase, _phase_prefix(prefix, i), default_family="constant", units=units)
         for i, phase in enumerate(space["phases"])
     ]
     transitions: list[float] = []
@@ -136,7 +163,7 @@ def sample(trial: params.TrialLike, space: Mapping[str, Any], epochs: int,
             # Keep boundaries strictly increasing: the next one starts after the previous draw.
             gap = 1 if parsed.is_int else 1e-3
             parsed = params.Range(max(parsed.low, transitions[-1] + gap), parsed.high, parsed.log, parsed.step)
-        transitions.append(params.suggest(trial, f"{prefix}transition_epoch{i}", parsed, units))
+        transitions.append(params.suggest(trial, _boundary_param(prefix, i), parsed, units))
     return {"family": PHASES, "phases": phases, "transition_epochs": transitions}
 
 

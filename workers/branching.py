@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from phasetune.search_spaces import space
 from phasetune.search_spaces.errors import SpecError
 from phasetune.search_spaces.families.base import Interval, integral
 from phasetune.search_spaces.plan import Plan
@@ -44,9 +44,6 @@ BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.sch
 }
 _INTS = {"top_k", "max_bytes"}
 IO_BUDGET = 0.02  # a trial's checkpoint I/O stays within about this share of its time (one checkpoint over, at most)
-_PHASE = re.compile(r"^(?:[^.]+\.)?phase(\d+)\.")
-_TRANSITION = re.compile(r"^(?:[^.]+\.)?transition_epoch(\d+)$")
-CHOICE_PARAM = "schedule"  # the choice between the options of a space with ``choices`` (search_spaces.space)
 
 
 @dataclass(frozen=True)
@@ -95,19 +92,19 @@ class Proposal:
 
 def phase_count(params: Mapping[str, Any]) -> int:
     """How many phases a trial's params describe (0: its schedule is no ``phases``)."""
-    indices = [int(match.group(1)) for name in params if (match := _PHASE.match(name))]
+    indices = [index for name in params if (index := space.phase_index(name)) is not None]
     return max(indices) + 1 if indices else 0
 
 
 def prefix_params(params: Mapping[str, Any], depth: int) -> dict[str, Any]:
     """The params of the first ``depth`` phases and the boundaries between them (and which option of the space)."""
     def in_prefix(name: str) -> bool:
-        if name == CHOICE_PARAM:
+        if name == space.CHOICE_PARAM:
             return True
-        if match := _PHASE.match(name):
-            return int(match.group(1)) < depth
-        if match := _TRANSITION.match(name):
-            return int(match.group(1)) < depth - 1
+        if (phase := space.phase_index(name)) is not None:
+            return phase < depth
+        if (boundary := space.boundary_index(name)) is not None:
+            return boundary < depth - 1
         return False
 
     return {name: value for name, value in params.items() if in_prefix(name)}

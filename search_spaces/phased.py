@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from phasetune.search_spaces.families.base import LR_MAX, Stateful
 from phasetune.search_spaces.plan import Plan, StepValues
 from phasetune.search_spaces.segment import OptimizerSettings
 
-OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZER_TYPES: dict[str, type[torch.optim.SGD] | type[torch.optim.Adam] | type[torch.optim.AdamW]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -41,6 +42,7 @@ def apply_to_optimizer(optimizer: torch.optim.Optimizer, lr: float, momentum: fl
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+        _check_lr(group)
         if momentum is None:
             continue
         if "betas" in group:
@@ -49,6 +51,24 @@ def apply_to_optimizer(optimizer: torch.optim.Optimizer, lr: float, momentum: fl
             group["momentum"] = momentum
         else:
             raise ValueError(f"{type(optimizer).__name__} has no momentum or betas to set momentum {momentum} on")
+
+
+class Diverged(ArithmeticError):
+    """Training cannot go on; the message, which begins ``diverged: ``, is the trial's ``fail_reason``."""
+
+
+def _check_lr(group: dict[str, Any]) -> None:
+    """An lr the group's weights cannot take (beyond their dtype's largest number: torch would refuse to convert it
+    at the step, with a RuntimeError) is a divergence. Only a schedule that grows its lr gets here: the spec bounds
+    each lr by float32's largest (``LR_MAX``), but not a unit's scale or a multistep's gamma**k."""
+    lr = group["lr"]
+    if lr <= LR_MAX:  # every floating dtype takes it (NaN fails the comparison)
+        return
+    weights = group["params"][0] if group["params"] else None
+    largest = torch.finfo(weights.dtype).max if weights is not None and weights.is_floating_point() else LR_MAX
+    if not lr <= largest:
+        raise Diverged(f"diverged: lr {lr:g} overflows the {weights.dtype if weights is not None else 'weights'} "
+                       f"weights (at most {largest:g})")
 
 
 def realised_momentum(optimizer: torch.optim.Optimizer) -> float | None:
@@ -63,7 +83,7 @@ def make_optimizer(settings: OptimizerSettings, params: Iterable[Any]) -> torch.
     """A new optimizer of the phase's type (SGD where unnamed); lr and momentum are written before every step."""
     cls = OPTIMIZER_TYPES[settings.type_name]
     weight_decay = settings.weight_decay or 0.0
-    if cls is torch.optim.SGD:
+    if issubclass(cls, torch.optim.SGD):
         return cls(params, lr=0.0, momentum=settings.momentum or 0.0, nesterov=bool(settings.nesterov),
                    weight_decay=weight_decay)
     beta1 = ADAM_BETA1 if settings.momentum is None else settings.momentum
@@ -171,7 +191,7 @@ class PhasedOptimizer:
         state: dict[str, Any] = {
             "steps_done": self.steps_done,
             "phase": self._phase,
-            "families": [phase.schedule.state_dict() if hasattr(phase.schedule, "state_dict") else None
+            "families": [phase.schedule.state_dict() if isinstance(phase.schedule, Stateful) else None
                          for phase in self.plan.phases],
         }
         if include_optimizer:
@@ -183,6 +203,8 @@ class PhasedOptimizer:
         optimizer state (if saved); either way the phase's stated settings are written again."""
         for phase, family_state in zip(self.plan.phases, state["families"], strict=True):
             if family_state is not None:
+                if not isinstance(phase.schedule, Stateful):
+                    raise ValueError(f"state for a {phase.schedule.name} phase, which keeps none")
                 phase.schedule.load_state_dict(family_state)
         self.steps_done = int(state["steps_done"])
         self._phase = int(state["phase"])

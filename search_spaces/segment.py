@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from phasetune.search_spaces import params, units
-from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.errors import Loc, RuleError, SpecError
 from phasetune.search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
-from phasetune.search_spaces.families.base import check_value, integral, momentum_range, non_negative, one_of, positive
+from phasetune.search_spaces.families.base import (
+    check_value,
+    integral,
+    learning_rate,
+    momentum_range,
+    non_negative,
+    one_of,
+)
 from phasetune.search_spaces.families.warmup import WARMUP_FIELDS, Warmup
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -37,7 +44,7 @@ OPTIMIZER_FIELDS: dict[str, Field] = {
 }
 WARMUP = "warmup"
 EFFECTIVE_LR = "effective_lr"
-EFFECTIVE_LR_FIELD = Field("float", check=positive, required=True)  # given, it is a number
+EFFECTIVE_LR_FIELD = Field("float", check=learning_rate, required=True)  # given, it is a number
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class OptimizerSettings:
         return self.name or OPTIMIZER_FIELDS["optimizer"].default
 
 
-def family_of(spec: Mapping[str, Any], loc: tuple, default: str | None) -> type[LRSchedule]:
+def family_of(spec: Mapping[str, Any], loc: Loc, default: str | None) -> type[LRSchedule]:
     family = spec.get("family", default)
     if family is None:
         raise SpecError((*loc, "family"), f"is required; one of {sorted(FAMILIES)}")
@@ -73,7 +80,7 @@ def fields_of(family: type[LRSchedule]) -> dict[str, Field]:
     return {**OPTIMIZER_FIELDS, **family.fields}
 
 
-def _parse_field(field: Field, raw: Any, loc: tuple) -> params.Param | list[params.Param]:
+def _parse_field(field: Field, raw: Any, loc: Loc) -> params.Param | list[params.Param]:
     """A field's spec; a list field may list one spec per element (e.g. searchable milestones)."""
     if field.kind == "list" and isinstance(raw, list):
         return [params.parse(item, (*loc, i)) for i, item in enumerate(raw)]
@@ -88,7 +95,7 @@ def _edges(parsed: params.Param | list[params.Param], corner: int) -> Any:
     return values[min(corner, len(values) - 1)] if isinstance(parsed, params.Range) else values[0]
 
 
-def validate(spec: Any, loc: tuple, span_epochs: float, steps_per_epoch: int, default_family: str | None) -> None:
+def validate(spec: Any, loc: Loc, span_epochs: float, steps_per_epoch: int, default_family: str | None) -> None:
     """Refuse a segment spec that cannot yield a valid schedule over ``span_epochs``, naming the field."""
     if not isinstance(spec, Mapping):
         raise SpecError(loc, "must be an object")
@@ -125,7 +132,7 @@ def validate(spec: Any, loc: tuple, span_epochs: float, steps_per_epoch: int, de
             raise RuleError(loc, f"the schedule cannot be computed from these values ({err})") from None
 
 
-def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any, loc: tuple) -> None:
+def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any, loc: Loc) -> None:
     """Check every value ``raw`` can take against ``field`` and record its low and high ends in ``corners``."""
     parsed = _parse_field(field, raw, (*loc, key))
     if parsed == []:
@@ -143,7 +150,7 @@ def _add_corners(corners: list[dict[str, Any]], key: str, field: Field, raw: Any
         corner[key] = _edges(parsed, i)
 
 
-def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: tuple) -> None:
+def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: Loc) -> None:
     if EFFECTIVE_LR not in spec:
         return
     if "lr" not in family.fields:
@@ -159,14 +166,14 @@ def _check_effective_lr(spec: Mapping[str, Any], family: type[LRSchedule], loc: 
 
 def _recorded_pair(spec: Mapping[str, Any]) -> bool:
     """A concrete schedule records both ``lr`` and ``effective_lr``: fine when they agree."""
-    values = [spec.get(k) for k in ("lr", EFFECTIVE_LR, "momentum")]
+    values: list[Any] = [spec.get(k) for k in ("lr", EFFECTIVE_LR, "momentum")]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return False
     lr, effective, momentum = values
-    return abs(lr - effective * (1 - momentum)) <= 1e-9 * abs(lr)
+    return bool(abs(lr - effective * (1 - momentum)) <= 1e-9 * abs(lr))
 
 
-def _validate_warmup(raw: Any, corners: list[dict[str, Any]], loc: tuple) -> None:
+def _validate_warmup(raw: Any, corners: list[dict[str, Any]], loc: Loc) -> None:
     if not isinstance(raw, Mapping):
         raise SpecError(loc, "must be an object {epochs, start_factor}")
     for key in raw:
@@ -185,7 +192,7 @@ def _validate_warmup(raw: Any, corners: list[dict[str, Any]], loc: tuple) -> Non
         corner[WARMUP] = warmup
 
 
-def _items(parsed: params.Param | list[params.Param], loc: tuple) -> list[tuple[tuple, params.Param]]:
+def _items(parsed: params.Param | list[params.Param], loc: Loc) -> list[tuple[Loc, params.Param]]:
     if isinstance(parsed, list):
         return [((*loc, i), p) for i, p in enumerate(parsed)]
     return [(loc, parsed)]
@@ -284,4 +291,4 @@ def _lr_from_effective(concrete: Mapping[str, Any]) -> float:
     given = concrete.get("lr")
     if given is not None and abs(given - lr) > 1e-9 * abs(lr):
         raise SpecError(("lr",), f"disagrees with effective_lr * (1 - momentum) = {lr}, got {given}")
-    return lr
+    return float(lr)

@@ -6,7 +6,8 @@ SHA-256 (a token is high-entropy, so a fast hash is enough: there is nothing to 
 
 Auth is on when ``serve`` binds to anything but loopback (``serve`` refuses to start so without a token unless told
 ``--insecure``), or when ``PHASETUNE_AUTH=on``; on loopback it is off by default. ``GET /health`` and the API's own
-documentation (``/docs``, ``/redoc``, ``/openapi.json``: no data) are open either way.
+documentation (``/docs``, ``/redoc``, ``/openapi.json``: no data) are open either way; ``/tokens`` needs an admin
+token either way (``ALWAYS_ADMIN``).
 """
 
 from __future__ import annotations
@@ -100,27 +101,48 @@ def scope_of(engine: Engine, token: str) -> Scope | None:
 
 
 _bearer = HTTPBearer(auto_error=False, description="a phasetune token (`phasetune token create`)")
+# The routes that need a token with auth off too (token management) name their own scheme, so that the OpenAPI of an
+# app with auth off still documents it for them (without_auth keeps it).
+ALWAYS_SCHEME = "AdminBearer"
+_always_bearer = HTTPBearer(auto_error=False, scheme_name=ALWAYS_SCHEME,
+                            description="an admin token (`phasetune token create --scope admin`), needed even where "
+                                        "auth is off")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+AlwaysCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_always_bearer)]
 UNAUTHORIZED = {"description": "no token, or an unknown or revoked one (when auth is on)"}
 FORBIDDEN = {"description": "the token's scope does not allow this route"}
 AUTH_RESPONSES = {401: UNAUTHORIZED, 403: FORBIDDEN}
 
 
+def _verify(request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Scope) -> None:
+    """401 without a known, unrevoked bearer token; 403 if its scope does not allow ``needed``."""
+    if credentials is None:  # HTTPBearer gives None for a missing header and for another scheme
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a bearer token is needed (Authorization: Bearer ...)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    granted = scope_of(request.app.state.engine, credentials.credentials)
+    if granted is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not granted.allows(needed):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {granted.value} token cannot do this: it needs "
+                                                       f"{needed.value}")
+
+
 def require(needed: Scope) -> Callable[..., None]:
     """A route dependency: with auth on, the request's bearer token must grant ``needed`` (401 / 403 if not)."""
 
-    def check(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        if not request.app.state.auth:
-            return
-        if credentials is None:  # HTTPBearer gives None for a missing header and for another scheme
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a bearer token is needed (Authorization: Bearer ...)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        granted = scope_of(request.app.state.engine, credentials.credentials)
-        if granted is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not granted.allows(needed):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {granted.value} token cannot do this: it needs "
-                                                           f"{needed.value}")
+    def check(request: Request, credentials: Credentials) -> None:
+        if request.app.state.auth:
+            _verify(request, credentials, needed)
+
+    return check
+
+
+def require_always(needed: Scope) -> Callable[..., None]:
+    """``require``, with auth off too: for what must not be had for asking (a token), even on loopback."""
+
+    def check(request: Request, credentials: AlwaysCredentials) -> None:
+        _verify(request, credentials, needed)
 
     return check
 
@@ -128,18 +150,27 @@ def require(needed: Scope) -> Callable[..., None]:
 READ = Depends(require(Scope.READ))
 WRITE = Depends(require(Scope.WRITE))
 ADMIN = Depends(require(Scope.ADMIN))
+# Token management: an admin token always, auth on or off. On loopback with auth off, the first token comes from
+# `phasetune token create` (on the database); a web page the user opens can send no token at all.
+ALWAYS_ADMIN = Depends(require_always(Scope.ADMIN))
 
 
 def without_auth(app: FastAPI) -> None:
-    """Make ``app``'s OpenAPI say what an app with auth off does: no security scheme, no 401 or 403."""
+    """Make ``app``'s OpenAPI say what an app with auth off does: no bearer scheme, no 401 or 403, but on the
+    operations that need a token anyway (``ALWAYS_SCHEME``)."""
     generate = app.openapi
 
     def openapi() -> dict[str, object]:
         if app.openapi_schema is None:
             schema = generate()
-            schema.get("components", {}).pop("securitySchemes", None)
+            schemes = schema.get("components", {}).get("securitySchemes", {})
+            schemes.pop(_bearer.scheme_name, None)
+            if not schemes:
+                schema.get("components", {}).pop("securitySchemes", None)
             for operations in schema["paths"].values():
                 for operation in operations.values():
+                    if any(ALWAYS_SCHEME in requirement for requirement in operation.get("security", [])):
+                        continue
                     operation.pop("security", None)
                     for code in ("401", "403"):
                         operation["responses"].pop(code, None)

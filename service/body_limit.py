@@ -5,6 +5,9 @@
   checked first; a body without one (chunked) is counted as it arrives and refused once it passes the cap.
 * Nesting (422): JSON nested thousands deep overflows the parser's recursion (FastAPI answered an undocumented
   400) and every recursive walk after it. The deepest real spec is about a dozen levels; ``MAX_DEPTH`` is far above.
+* Text (422): a JSON body is UTF-8 (RFC 8259; other bytes were FastAPI's undocumented 400), and its strings are
+  text: ``"\\ud800"`` is valid JSON but a lone surrogate, which no database or JSON response can encode (it was a
+  500). The 422 names the field, in FastAPI's shape.
 """
 
 from __future__ import annotations
@@ -28,6 +31,52 @@ def nesting_depth(body: bytes) -> int:
         depth += 1 if bracket in (b"[", b"{") else -1
         deepest = max(deepest, depth)
     return deepest
+
+
+# A \uD800-\uDFFF escape: only a body holding one can decode to a lone surrogate (most bodies skip the parse).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def not_text(body: bytes) -> dict[str, object] | None:
+    """FastAPI's error for a body that is not UTF-8, or whose JSON holds a string (or key) with a lone surrogate,
+    naming where; None for any other body (invalid JSON included: FastAPI's own 422 names that)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return {"loc": ["body"], "type": "json_invalid", "msg": f"the body is not UTF-8 ({err.reason} at byte "
+                                                                 f"{err.start}); JSON must be"}
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    loc = _surrogate_at(value)
+    if loc is None:
+        return None
+    return {"loc": ["body", *loc], "type": "string_unicode",
+            "msg": "must be text: a \\ud800-\\udfff escape without its pair is no character"}
+
+
+def _surrogate_at(value: object) -> list[str | int] | None:
+    """The path to the first string or key in ``value`` that UTF-8 cannot encode (a lone surrogate), if any."""
+    if isinstance(value, str):
+        return None if _encodable(value) else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and not _encodable(key):
+            return [key.encode("utf-8", "backslashreplace").decode()]
+        if (inner := _surrogate_at(item)) is not None:
+            return [key, *inner]
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _detail(limit: int) -> str:
@@ -67,6 +116,9 @@ class BodyLimit:
         if body and (depth := nesting_depth(body)) > self.max_depth:
             await _answer(send, 422, [{"loc": ["body"], "type": "value_error",
                                        "msg": f"JSON nested {depth} levels deep; at most {self.max_depth}"}])
+            return
+        if body and (error := not_text(body)) is not None:
+            await _answer(send, 422, [error])
             return
         replayed = False
 

@@ -1,139 +1,80 @@
-"""Hands studies to Ray from one background thread, so that no request handler starts, joins or waits for Ray.
+"""Hands studies and probes to Ray through the Ray agent, a child process this module supervises, so that no Ray
+event can end or freeze the API process (why a child: ``service/ray_agent.py``).
 
-At start it connects to the cluster (a local head is started by ``phasetune serve`` before the app) and relaunches
-the driver of every unfinished study, a no-op where one is alive; then it launches each study the API stores. While
-no cluster answers, a stored study waits, ``queued``, and nothing is lost: the next start launches it.
+The supervisor thread starts the agent, sends it the nudges requests hand in (``launch``, ``end_if_orphaned``,
+``probe``: the database already holds each study and probe, so a nudge only says "now"), reads its reports, and
+starts a new agent when one exits (the cluster lost, a Ray call past its deadline) or stops reporting for
+``SILENT_S`` (then it is killed: a process can be, a thread cannot). Each new agent connects, starting the local
+head again if it is gone, and launches every unfinished study, which resumes from the storage.
 
-Between jobs it reconciles, every ``reconcile_s``: an unfinished study whose driver is gone (killed more often
-than its restart budget, or its node lost) is relaunched, at most ``MAX_RELAUNCHES`` times, then failed with the
-reason, so no study stays ``queued`` or ``running`` with nobody to run it. A cluster that stops answering (its head
-restarted) is reconnected, and every unfinished study relaunched on it.
+``/health`` trusts the agent's last check of the cluster for one reconcile period: older than that, or no agent
+alive, and Ray is reported down, with what was last verified and how long ago.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
-import ray
 
-from phasetune.service import ray_cluster
+from phasetune.service.ray_agent import Channel
 from phasetune.service.settings import Settings
-from phasetune.workers import driver, optuna_study, study_attrs
 from phasetune.workers.spec import Resources
-from phasetune.workers.study_attrs import StudyStatus
 from phasetune.workers.tune_run import trial_slots
 
 logger = logging.getLogger(__name__)
-CONNECT_RETRY_S = 5.0
-PING_TIMEOUT_S = 30.0  # a cluster that runs no task (of no CPUs) in this long is gone: reconnect
-MAX_RELAUNCHES = 3  # relaunches of one study's driver by reconciliation before the study is failed
-_CLOSE = object()
+RESTART_S = 2.0  # between an agent's exit and the next one's start
+SILENT_S = 20.0  # an agent silent this long (it reports every second) is killed and replaced
+CLOSE_S = 3.0  # how long a closing API waits for its agent before killing it
+_CLOSE = {"do": "close"}
 
 
 class Launcher:
     def __init__(self, settings: Settings, storage: optuna.storages.BaseStorage) -> None:
         self._settings = settings
         self._storage = storage
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self._closed = threading.Event()
-        self.connected = threading.Event()
-        self.ray_error: str | None = None  # why the cluster did not answer the last reconciliation
+        self.connected = threading.Event()  # the cluster was verified within the last reconcile period
+        self.ray_error: str | None = None  # why Ray is not connected, as last known
         self.relaunched: dict[str, int] = {}  # studies whose driver reconciliation found gone: how many times
-        # The cluster's nodes as last seen (ray.nodes(), at connection and each reconciliation): requests check
-        # resources against them without a Ray call of their own. None: not seen yet.
+        # The cluster's nodes as last seen by the agent: requests check resources against them without a Ray call of
+        # their own. None: not seen yet.
         self.nodes: list[dict[str, Any]] | None = None
-        self._thread = threading.Thread(target=self._run, name="phasetune-launcher", daemon=True)
+        self.agent_restarts = 0
+        self._report: dict[str, Any] = {}  # the agent's last report
+        self._lost: str | None = None  # why the last agent ended (shown while the next one connects)
+        self._agent: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name="phasetune-ray-supervisor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def launch(self, study_name: str) -> None:
-        """Launch this study's driver soon (after every job handed in before)."""
-        self._queue.put((self._launch, study_name))
+        """Launch this study's driver soon (after every nudge handed in before)."""
+        self._outbox.put({"do": "launch", "study": study_name})
 
     def end_if_orphaned(self, study_name: str) -> None:
         """Soon: if the study has no driver alive, end it as stopped (nothing runs it; none may stay RUNNING)."""
-        self._queue.put((self._end_if_orphaned, study_name))
+        self._outbox.put({"do": "end_if_orphaned", "study": study_name})
+
+    def run_probe(self, probe_id: int) -> None:
+        """Run this stored probe soon."""
+        self._outbox.put({"do": "probe", "id": probe_id})
 
     def close(self, timeout: float = 10) -> None:
         self._closed.set()
-        self._queue.put(_CLOSE)
         self._thread.join(timeout=timeout)
-
-    def _run(self) -> None:
-        if not self._connect():
-            return
-        next_reconcile = time.monotonic() + self._settings.reconcile_s
-        while True:
-            try:  # every reconcile_s, however many jobs come in between
-                job = self._queue.get(timeout=max(0.0, next_reconcile - time.monotonic()))
-            except queue.Empty:
-                job = None
-            if job is _CLOSE:
-                return
-            if job is not None:
-                self._do(*job)  # type: ignore[misc]
-            if time.monotonic() >= next_reconcile:
-                self._reconcile()
-                next_reconcile = time.monotonic() + self._settings.reconcile_s
-
-    def _connect(self) -> bool:
-        """Connect (retrying until closed), then relaunch every unfinished study; False if closed first."""
-        while not self._closed.is_set():
-            try:
-                ray_cluster.connect(self._settings)
-                break
-            except Exception as err:  # noqa: BLE001  (no cluster yet: studies wait queued, we retry)
-                self.ray_error = f"{type(err).__name__}: {err}"
-                logger.warning("phasetune: no Ray cluster yet (%s); retrying in %.0f s", err, CONNECT_RETRY_S)
-                self._closed.wait(CONNECT_RETRY_S)
-        else:
-            return False
-        self.ray_error = None
-        self._see_nodes()
-        self.connected.set()
-        try:
-            unfinished = unfinished_studies(self._storage)
-        except Exception:  # noqa: BLE001  (they stay as they are; a later start of the API relaunches them)
-            logger.exception("phasetune: could not list the unfinished studies to relaunch")
-            unfinished = []
-        for name in unfinished:
-            self._do(self._launch, name)
-        return True
-
-    def _reconcile(self) -> None:
-        try:
-            unfinished = unfinished_studies(self._storage)
-        except Exception:  # noqa: BLE001  (the storage is down: /health says so; nothing to do until it is back)
-            logger.exception("phasetune: reconciliation could not list the unfinished studies")
-            return
-        try:
-            ray_cluster.check_alive(PING_TIMEOUT_S)
-            self._see_nodes()
-            gone = [name for name in unfinished
-                    if driver.find_driver(self._settings.storage_url, name) is None]
-        except Exception as err:  # noqa: BLE001  (the cluster stopped answering: reconnect, relaunch everything)
-            logger.warning("phasetune: the Ray cluster does not answer (%s); reconnecting", err)
-            self.ray_error = f"{type(err).__name__}: {err}"
-            self.connected.clear()
-            ray_cluster.disconnect()
-            self._connect()
-            return
-        for name in gone:
-            self._do(self._relaunch, name)
-
-    def _see_nodes(self) -> None:
-        try:
-            self.nodes = [{"Alive": n.get("Alive"), "Resources": dict(n.get("Resources", {}))} for n in ray.nodes()]
-        except Exception:  # noqa: BLE001  (unknown for now: requests are admitted, drivers wait and say so)
-            self.nodes = None
-            logger.warning("phasetune: could not list the cluster's nodes", exc_info=True)
 
     def unplaceable(self, cpu: float, gpu: float) -> str | None:
         """Why no node of the cluster, as last seen, can run one task needing ``cpu`` CPUs and ``gpu`` GPUs; None
@@ -146,49 +87,134 @@ class Launcher:
         return (f"no node of the cluster has {{cpu: {cpu:g}, gpu: {gpu:g}}}; its nodes have {have} (a cluster that "
                 f"gains nodes later: set PHASETUNE_WAIT_FOR_NODES=true, and studies wait, waiting_for_resources)")
 
-    def _relaunch(self, study_name: str) -> None:
-        if self._status(study_name).finished:
-            return  # it ended between the listing and now
-        count = self.relaunched.get(study_name, 0) + 1
-        self.relaunched[study_name] = count
-        if count > MAX_RELAUNCHES:
-            logger.error("phasetune: study %r lost its driver %d times; failing it", study_name, count)
-            optuna_study.fail_study(self._storage, study_name,
-                                    f"its driver was lost {count} times (killed, or its node died, beyond Ray's "
-                                    f"restarts and {MAX_RELAUNCHES} relaunches by the API)")
-            return
-        logger.warning("phasetune: study %r has no driver; relaunching it (%d of %d)", study_name, count,
-                       MAX_RELAUNCHES)
-        driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` shows of Ray: what the agent last verified, when, and how long ago."""
+        report = self._report
+        verified_at = report.get("verified_at")
+        agent = self._agent
+        return {
+            "address": report.get("address"),
+            "verified_at": (datetime.fromtimestamp(verified_at, timezone.utc).isoformat()
+                            if verified_at is not None else None),
+            "verified_s_ago": (round(time.monotonic() - report["verified_mono"], 1)
+                               if report.get("verified_mono") is not None else None),
+            "trusted_for_s": self._settings.reconcile_s,
+            "agent_pid": agent.pid if agent is not None and agent.poll() is None else None,
+            "agent_restarts": self.agent_restarts,
+        }
 
-    @staticmethod
-    def _do(action: Callable[[str], None], study_name: str) -> None:
+    # ---- the supervisor thread ----------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._run_agent()
+            except Exception as err:  # noqa: BLE001  (the agent could not even start: say why, try again)
+                logger.exception("phasetune: the Ray agent could not be run")
+                self.ray_error = f"the Ray agent could not be run: {type(err).__name__}: {err}"
+            self._set_connected(False)
+            if not self._closed.is_set():
+                self.agent_restarts += 1
+                self._closed.wait(RESTART_S)
+
+    def _run_agent(self) -> None:
+        """Start one agent and serve it until it exits, goes silent, or the API closes."""
+        ours, theirs = socket.socketpair()
+        self._report = {}  # nothing of the previous agent's is trusted
         try:
-            action(study_name)
-        except Exception:  # noqa: BLE001  (the study keeps its state; the next start of the API retries it)
-            logger.exception("phasetune: %s of study %r failed", action.__name__, study_name)
+            self._agent = subprocess.Popen(
+                [sys.executable, "-m", "phasetune.service.ray_agent", str(theirs.fileno()), str(os.getpid())],
+                # A session (so a process group) of its own: a Ctrl-C or SIGTERM to serve's group reaches serve alone,
+                # which closes the agent (Ray's core worker would answer the signal with a stack dump); it dies with
+                # serve anyway. (start_new_session, not process_group: that needs Python 3.11.)
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            theirs.close()
+        agent, channel = self._agent, Channel(ours)
+        try:
+            channel.send({"settings": self._settings.model_dump(mode="json"), "relaunched": self.relaunched},
+                         timeout=10)
+            heard = time.monotonic()
+            while not self._closed.is_set() and agent.poll() is None:
+                self._send_nudges(channel)
+                try:
+                    reports = channel.receive(0.25)
+                except (EOFError, OSError):
+                    break  # it exited (or closed its end, about to): _on_exit says how
+                if reports:
+                    heard = time.monotonic()
+                    self._on_report(reports[-1])
+                elif time.monotonic() - heard > SILENT_S:
+                    self.ray_error = f"the Ray agent (pid {agent.pid}) reported nothing for {SILENT_S:g} s; killed"
+                    self._lost = self.ray_error
+                    agent.kill()
+                self._set_connected(self._fresh())
+            if self._closed.is_set():
+                self._stop(agent, channel)
+            else:
+                self._on_exit(agent)
+        except OSError as err:  # the agent stopped reading (stuck) or died mid-send: a new one takes over
+            self.ray_error = f"the Ray agent (pid {agent.pid}) stopped reading: {err}; killed"
+            agent.kill()
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+            agent.wait()
+            channel.close()
 
-    def _status(self, study_name: str) -> StudyStatus:
-        return study_attrs.status_of(self._storage.get_study_user_attrs(
-            self._storage.get_study_id_from_name(study_name)))
+    def _send_nudges(self, channel: Channel) -> None:
+        while True:
+            try:
+                nudge = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            channel.send(nudge, timeout=5)  # the agent's main thread reads at once; a stuck one is replaced
 
-    def _launch(self, study_name: str) -> None:
-        if not self._status(study_name).finished:  # stopped while it waited here: nothing to run
-            driver.launch(self._settings.storage_url, study_name, self._settings.results_dir)
+    def _on_report(self, report: dict[str, Any]) -> None:
+        self._report = report
+        self.relaunched.update(report.get("relaunched") or {})
+        if report.get("nodes") is not None:
+            self.nodes = report["nodes"]
+        if report.get("error"):
+            self.ray_error = report["error"]
+        elif report.get("phase") == "connecting":
+            self.ray_error = ("connecting: the Ray agent starts the local head if it is gone"
+                              + (f"; before: {self._lost}" if self._lost else ""))
 
-    def _end_if_orphaned(self, study_name: str) -> None:
-        if driver.find_driver(self._settings.storage_url, study_name) is not None:
-            return  # its driver reads the stop flag itself
-        if not self._status(study_name).finished:
-            study = optuna.load_study(study_name=study_name, storage=self._storage)
-            optuna_study.sweep_stale_trials(study)
-            study.set_user_attr(study_attrs.STATUS, StudyStatus.STOPPED.value)
+    def _fresh(self) -> bool:
+        """Whether the cluster was verified within the last reconcile period (and no error reported since)."""
+        report = self._report
+        if report.get("error") or report.get("verified_mono") is None:
+            return False
+        age = time.monotonic() - report["verified_mono"]
+        if age > self._settings.reconcile_s:
+            self.ray_error = (f"the cluster was last verified {age:.0f} s ago (at {report.get('address')}); "
+                              f"Ray does not answer")
+            return False
+        return True
 
+    def _set_connected(self, connected: bool) -> None:
+        if connected:
+            self.ray_error = None
+            self.connected.set()
+        else:
+            self.connected.clear()
 
-def unfinished_studies(storage: optuna.storages.BaseStorage) -> list[str]:
-    """Names of phasetune's studies that are queued or running (one query for all studies, no trials)."""
-    return [
-        study.study_name for study in storage.get_all_studies()
-        if study_attrs.SPEC in study.user_attrs and not study_attrs.status_of(study.user_attrs).finished
-    ]
+    def _on_exit(self, agent: subprocess.Popen[bytes]) -> None:
+        try:
+            code = agent.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            code = agent.wait()
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+        why = self._report.get("error") if self._report.get("pid") == agent.pid else None
+        self.ray_error = f"the Ray agent (pid {agent.pid}) exited ({how}){': ' + why if why else ''}; restarting it"
+        self._lost = self.ray_error
+        logger.warning("phasetune: %s", self.ray_error)
 
+    def _stop(self, agent: subprocess.Popen[bytes], channel: Channel) -> None:
+        try:
+            channel.send(_CLOSE, timeout=1)
+            agent.wait(timeout=CLOSE_S)
+        except (OSError, subprocess.TimeoutExpired):
+            agent.kill()

@@ -10,15 +10,19 @@ from typing import Any
 import optuna
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.errors import RuleError
 from phasetune.service import probes, studies
 from phasetune.service.auth import auth_enabled, without_auth
 from phasetune.service.body_limit import BodyLimit
+from phasetune.service.browser_guard import BrowserGuard, document_guard
 from phasetune.service.db import describe_error, make_engine, migrate
 from phasetune.service.docs import mount_docs
 from phasetune.service.launcher import Launcher
@@ -34,14 +38,29 @@ from phasetune.workers.storage import open_storage
 
 
 def _json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float as its string ("inf", "nan")."""
+    """``value`` as JSON can carry it, for echoing what a client sent: every non-finite float as its string ("inf",
+    "nan"), every string (and key) UTF-8 cannot encode (a lone surrogate) with that character as its escape."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_json_safe(item) for item in value]
     return value
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on the request's path (its ``Allow`` header), each asked of the router as the
+    request itself would be (included routers hold their routes out of sight)."""
+    served = [method for method in _METHODS
+              if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                     for route in request.app.router.routes)]
+    return ", ".join(served)
 
 
 def create_app(settings: Settings | None = None, *, run_studies: bool = True, host: str | None = None,
@@ -57,14 +76,13 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
         app.state.settings = settings
         app.state.engine = make_engine(settings.storage_url)
         app.state.storage = open_storage(settings.storage_url)
+        # Every Ray call runs in the launcher's child process, the Ray agent: none in this one (service/ray_agent.py).
         app.state.launcher = Launcher(settings, app.state.storage) if run_studies else None
-        app.state.probe_runner = ProbeRunner(app.state.engine) if run_studies else None
+        app.state.probe_runner = ProbeRunner(app.state.launcher) if run_studies else None
         if run_studies:
             app.state.launcher.start()
-            app.state.probe_runner.start()
         yield
         if run_studies:
-            app.state.probe_runner.close()
             app.state.launcher.close()
         app.state.engine.dispose()
         app.state.storage.engine.dispose()
@@ -77,12 +95,24 @@ def create_app(settings: Settings | None = None, *, run_studies: bool = True, ho
     app.state.auth = not insecure and auth_enabled(settings.auth, host)
     if not app.state.auth:
         without_auth(app)
+    document_guard(app)  # after without_auth: its 403s stay, whether tokens are needed or not
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: a request a web page may have forged is refused before its body is read.
+    app.add_middleware(BrowserGuard, allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins)
     app.include_router(health.router)
     app.include_router(studies_routes.router)
     app.include_router(probes_routes.router)
     app.include_router(workloads_routes.router)
     app.include_router(tokens_routes.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        # Starlette's 405 names the methods of the first route whose path matched (POST /studies), not of every
+        # route on that path (GET /studies too).
+        if err.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            err = StarletteHTTPException(err.status_code, err.detail,
+                                         headers={**(err.headers or {}), "Allow": _allowed_methods(request)})
+        return await http_exception_handler(request, err)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:

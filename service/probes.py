@@ -15,7 +15,7 @@ from phasetune.search_spaces.errors import RuleError
 from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
 from phasetune.service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
 from phasetune.service.launcher import Launcher
-from phasetune.service.probe_runner import ProbeJob, ProbeRunner
+from phasetune.service.probe_runner import ProbeRunner
 from phasetune.service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
 from phasetune.service.settings import Settings
 from phasetune.workers import probing
@@ -76,8 +76,7 @@ def create(*, engine: Engine, settings: Settings, launcher: Launcher | None, run
         session.refresh(record)
         out = _out(record)
     if runner is not None:  # an app that runs nothing (run_studies=False) stores the probe, as it does studies
-        runner.submit(ProbeJob(out.id, request.kind, workload, request.seed, options, request.resources.cpu,
-                               request.resources.gpu, settings.data_root))
+        runner.submit(out.id)  # the Ray agent reads the rest from the record
     return out
 
 

@@ -4,7 +4,11 @@ The head is started with ``ray start`` (a separate process tree), not ``ray.init
 restarting the API never takes running studies down with it. It gets a Ray temp dir of its own (``head_dir``):
 ``ray start`` records "the machine's current cluster" in its temp dir, and with Ray's default one (``/tmp/ray``) it
 would redirect every other program's ``ray.init()`` to phasetune's head. The same dir names exactly the head's
-processes, so ``stop_local_head`` stops them and nothing else (``ray stop`` kills every Ray on the machine).
+processes, so ``stop_local_head`` stops them and nothing else (``ray stop`` kills every Ray on the machine): an
+argument must name the dir itself or a path under it, so the head on port 5236 never matches the one on 52367.
+
+Only the Ray agent (``service/ray_agent.py``), a child process of the API, calls ``connect``: the API process never
+becomes a Ray driver, which Ray's core worker may end (its raylet gone) or block (its GCS gone).
 """
 
 from __future__ import annotations
@@ -12,50 +16,49 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import ray
-
+from phasetune.service.children import argv_of, gone, port_open
 from phasetune.service.settings import Settings
-from phasetune.workers.driver import NAMESPACE
 
 logger = logging.getLogger(__name__)
-# Ray ends a driver process whose GCS stays away this long (its default is 60 s: a `serve` that lost its head
-# exited by itself). The API is a driver that must outlive its cluster: it waits, and the launcher reconnects.
-GCS_WAIT = "RAY_gcs_rpc_server_reconnect_timeout_s"
-GCS_WAIT_S = 10 * 365 * 24 * 3600
+HEAD_START_S = 120  # `ray start` and its GCS coming up, on a loaded 2-core machine: seconds
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+def gcs_answers(address: str) -> bool:
+    """Whether the GCS at ``host:port`` accepts a TCP connection (within 0.5 s): a stopped head's port is closed
+    at once, while Ray's own calls to it wait, retrying, for a minute."""
+    host, _, port = address.rpartition(":")
+    return port_open(host, int(port))
 
 
 def ensure_local_head(settings: Settings) -> str:
-    """The address of the local Ray head on ``settings.ray_port``, started here if none answers."""
+    """The address of the local Ray head on ``settings.ray_port``, started here unless a whole one answers (its GCS
+    on the port and its raylet alive: a head whose raylet was killed takes no task, so it is stopped and started
+    again)."""
     address = f"127.0.0.1:{settings.ray_port}"
-    if _port_open("127.0.0.1", settings.ray_port):
+    if port_open("127.0.0.1", settings.ray_port) and head_raylet_alive(settings):
         return address
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={settings.ray_port}",
                "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
                f"--temp-dir={head_dir(settings)}"]
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
-    stop_local_head(settings)  # what is left of a head that died (a raylet, its workers) goes with it
+    if stop_local_head(settings):  # what is left of a head that died (a GCS, a raylet, workers) goes with it
+        logger.warning("phasetune: the local Ray head on port %d was incomplete; starting it again", settings.ray_port)
     env = {**os.environ, **head_auth_env(settings)}
-    if env.get(GCS_WAIT) == str(GCS_WAIT_S):  # the API's own wait (connect), not for the head's processes
-        del env[GCS_WAIT]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 60
-    while not _port_open("127.0.0.1", settings.ray_port):
+    # A session of its own: the head outlives `serve`, and a Ctrl-C to serve's terminal does not reach it.
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env, timeout=HEAD_START_S,
+                   start_new_session=True)
+    deadline = time.monotonic() + HEAD_START_S
+    while not port_open("127.0.0.1", settings.ray_port):
         if time.monotonic() > deadline:
             raise RuntimeError(f"Ray head did not come up on {address}")
         time.sleep(0.5)
@@ -84,35 +87,47 @@ def head_dir(settings: Settings) -> Path:
     return Path(tempfile.gettempdir()) / f"phasetune-ray-{settings.ray_port}"
 
 
-def stop_local_head(settings: Settings, timeout: float = 10) -> int:
-    """Stop the local head ``serve`` started on ``settings.ray_port``: the processes that name its temp dir and
-    their descendants (Ray renames agents and workers), SIGTERM then SIGKILL after ``timeout``; how many."""
+def names_head_dir(argv: list[str], marker: str) -> bool:
+    """Whether one of ``argv`` is the head dir ``marker`` or a path under it, alone or as ``--option=value``
+    (``/tmp/phasetune-ray-5236`` names neither ``/tmp/phasetune-ray-52367`` nor ``.../phasetune-ray-5236x``)."""
+    pattern = re.compile(rf"(?:^|=){re.escape(marker)}(?:/|$)")
+    return any(pattern.search(arg) for arg in argv)
+
+
+def head_pids(settings: Settings) -> set[int]:
+    """The processes of the local head on ``settings.ray_port``: those that name its temp dir exactly, and their
+    descendants (Ray renames its agents and workers)."""
     marker = str(head_dir(settings))
     parents = {pid: _parent(pid) for pid in _pids()}
-    pids = {pid for pid in parents if pid != os.getpid() and marker in _cmdline(pid)}
-    while grown := {pid for pid, parent in parents.items() if parent in pids} - pids:  # agents, workers: renamed
+    pids = {pid for pid in parents if pid != os.getpid() and names_head_dir(argv_of(pid), marker)}
+    while grown := {pid for pid, parent in parents.items() if parent in pids} - pids:
         pids |= grown
+    return {pid for pid in pids if not gone(pid)}
+
+
+def head_raylet_alive(settings: Settings) -> bool:
+    """Whether the local head on ``settings.ray_port`` has its raylet (a head without one runs nothing)."""
+    return any(Path(argv_of(pid)[0]).name == "raylet" for pid in head_pids(settings) if argv_of(pid))
+
+
+def stop_local_head(settings: Settings, timeout: float = 10) -> int:
+    """Stop the local head ``serve`` started on ``settings.ray_port`` (``head_pids``), SIGTERM then SIGKILL after
+    ``timeout``; how many processes it had."""
+    pids = head_pids(settings)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not any(_alive(pid) for pid in pids):
+        if all(gone(pid) for pid in pids):
             break
     return len(pids)
 
 
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _parent(pid: int) -> int:
@@ -122,20 +137,12 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as stopped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def connect(settings: Settings) -> str:
-    """Connect this process to Ray once (idempotent); returns the cluster address."""
+    """Connect this process to Ray once (idempotent), starting the local head if it is the one and does not
+    answer; returns the cluster address. Blocks as long as Ray does: call it where a deadline can end the process
+    (the Ray agent)."""
     address = settings.ray_address or ensure_local_head(settings)
-    wanted = {GCS_WAIT: os.environ.get(GCS_WAIT, str(GCS_WAIT_S))}
-    if not settings.ray_address and os.environ.get("RAY_AUTH_MODE") != "token":
-        wanted.update(head_auth_env(settings))
+    wanted = {} if settings.ray_address else head_auth_env(settings)
     if any(os.environ.get(key) != value for key, value in wanted.items()):
         os.environ.update(wanted)
         # Ray read its config (auth mode included) when it was imported: read it again, as Ray itself does when it
@@ -143,25 +150,19 @@ def connect(settings: Settings) -> str:
         from ray._raylet import Config
 
         Config.initialize("")
+    import ray  # here, not at the top: `phasetune stop-ray` imports this module and must not wait for Ray's import
+
+    from phasetune.workers.driver import NAMESPACE
+
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     return address
 
 
-@ray.remote(num_cpus=0)
-def _ping() -> int:
-    return os.getpid()
+def alive_nodes() -> list[dict[str, object]]:
+    """The cluster's nodes, as its GCS knows them (alive or not, with their resources): a GCS call, no task, so a
+    loaded cluster answers as fast as an idle one. It may block while the GCS is away: call it under a deadline
+    that can end the process (``service/ray_agent.py``)."""
+    import ray
 
-
-def check_alive(timeout_s: float) -> None:
-    """Raise unless the cluster this process is connected to runs a task within ``timeout_s`` (a head that died,
-    or was restarted as a new cluster, never does: calls to it wait rather than fail)."""
-    ray.get(_ping.remote(), timeout=timeout_s)
-
-
-def disconnect() -> None:
-    """Drop this process's connection (to a cluster that stopped answering), so that ``connect`` makes a new one."""
-    try:
-        ray.shutdown()
-    except Exception:  # noqa: BLE001  (a connection to a dead head may fail to close; it is dropped either way)
-        logger.warning("phasetune: closing the old Ray connection failed", exc_info=True)
+    return [{"Alive": node.get("Alive"), "Resources": dict(node.get("Resources", {}))} for node in ray.nodes()]

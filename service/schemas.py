@@ -9,11 +9,12 @@ publishes; the rest of the meaning by ``StudySpec.parse``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
-from phasetune.search_spaces.families.base import MAX_EPOCHS, Interval
+from phasetune.search_spaces.families.base import LR_MAX, MAX_EPOCHS, Interval
 from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
 from phasetune.service.auth import Scope
 from phasetune.service.db import TOKEN_NAME_MAX, ProbeStatus
@@ -39,6 +40,27 @@ from phasetune.workers.study_attrs import StudyStatus
 INPUT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _numeric(annotation: Any) -> bool:
+    """The field takes a number and not a boolean (``int``, ``float | None``...)."""
+    options = get_args(annotation) or (annotation,)
+    return bool({int, float} & set(options)) and bool not in options
+
+
+class RequestModel(BaseModel):
+    """A request body's model: ``INPUT``'s rules, and a JSON boolean is no number (pydantic's lax mode reads
+    ``"gpu": false`` as 0). A field validator, not strict types: strict ints would refuse ``5.0``, an integer to JSON
+    Schema and to the domain, and annotated number types lose their bounds in the JSON Schema of ``X | None``."""
+
+    model_config = INPUT
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and _numeric(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+        return value
+
+
 def _within(interval: Interval) -> dict[str, float]:
     """Pydantic's bounds for a domain ``Interval``: the API checks and documents what the domain does."""
     bounds = {}
@@ -54,45 +76,37 @@ def _option(name: str, description: str) -> Any:
     return Field(None, **_within(BOUNDS[name]), description=description)
 
 
-class WorkloadIn(BaseModel):
-    model_config = INPUT
+class WorkloadIn(RequestModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class ObjectiveIn(BaseModel):
-    model_config = INPUT
+class ObjectiveIn(RequestModel):
     metric: str
     direction: Direction | None = Field(None, description="default: the metric's own (accuracy up, losses down)")
 
 
-class SamplerIn(BaseModel):
-    model_config = INPUT
+class SamplerIn(RequestModel):
     name: SamplerName = SamplerSpec.name
     seed: int | None = Field(SamplerSpec.seed, ge=0, le=SEED_MAX, description="default: the study's seed")
     n_startup_trials: int = Field(SamplerSpec.n_startup_trials, ge=0)
 
 
-class ResourcesIn(BaseModel):
-    model_config = INPUT
+class ResourcesIn(RequestModel):
     cpu: float = Field(Resources.cpu, gt=0)
     gpu: float = Field(Resources.gpu, ge=0)
 
 
-class SeedPolicyIn(BaseModel):
+class SeedPolicyIn(RequestModel):
     """Which seeds vary per trial. The data always come from the study's seed."""
-
-    model_config = INPUT
     init: SeedScope = Field(SeedPolicy.init, description="initial weights: the study's seed, or each trial's own")
     batch_order: SeedScope = Field(SeedPolicy.batch_order, description="batch order: the study's seed, or the trial's")
 
 
-class EarlyStoppingIn(BaseModel):
+class EarlyStoppingIn(RequestModel):
     """Which trials stop before their last epoch. Each policy takes only its own options (unset: the default):
     ``median`` grace_period, min_peers; ``asha`` those and reduction_factor; ``schedule_aware`` those and
-    cooldown_fraction, divergence_factor. See README, "Early stopping"."""
-
-    model_config = INPUT
+    cooldown_fraction, divergence_factor. See docs/search.md, "Early stopping"."""
     policy: Policy = EarlyStopping.policy
     grace_period: int | None = _option("grace_period", f"epochs before the first decision "
                                                        f"(default {EarlyStopping.grace_period})")
@@ -109,11 +123,9 @@ class EarlyStoppingIn(BaseModel):
                                                                    f"{EarlyStopping.divergence_factor:g})")
 
 
-class BranchingIn(BaseModel):
+class BranchingIn(RequestModel):
     """Trials that share a schedule prefix share its training: a child resumes from the checkpoint its parent left
-    at a phase boundary. See README, "Branching"."""
-
-    model_config = INPUT
+    at a phase boundary. See docs/search.md, "Branching"."""
     enabled: bool = Branching.enabled
     child_fraction: float = Field(Branching.child_fraction, **_within(BRANCHING_BOUNDS["child_fraction"]),
                                   description="the share of trials after the sampler's start-up that are children")
@@ -123,10 +135,8 @@ class BranchingIn(BaseModel):
                            description="the checkpoint store's cap; the least recently used checkpoints go first")
 
 
-class StudyCreate(BaseModel):
-    """The public study spec (see README)."""
-
-    model_config = INPUT
+class StudyCreate(RequestModel):
+    """The public study spec (docs/spec.md explains it; docs/reference/spec.md lists every field)."""
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     workload: WorkloadIn
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
@@ -205,26 +215,22 @@ class WorkloadOut(BaseModel):
     error: str | None = None  # set: its plugin failed to load (nothing else is)
 
 
-class CurvatureOptionsIn(BaseModel):
-    model_config = INPUT
+class CurvatureOptionsIn(RequestModel):
     probe_batch: int = Field(CurvatureOptions.probe_batch, ge=1, description="examples in the fixed probe batch")
     iters: int = Field(CurvatureOptions.iters, ge=1, description="maximum G-vector products (Lanczos steps)")
     tol: float = Field(CurvatureOptions.tol, gt=0, description="stop once |dλ|/λ < tol")
     mode: Literal["train", "eval"] = CurvatureOptions.mode  # type: ignore[assignment]
 
 
-class LRRangeOptionsIn(BaseModel):
-    model_config = INPUT
-    lr_low: float = Field(LRRangeOptions.lr_low, gt=0)
-    lr_high: float = Field(LRRangeOptions.lr_high, gt=0)
+class LRRangeOptionsIn(RequestModel):
+    lr_low: float = Field(LRRangeOptions.lr_low, gt=0, le=LR_MAX)
+    lr_high: float = Field(LRRangeOptions.lr_high, gt=0, le=LR_MAX, description="at most float32's largest")
     steps: int = Field(LRRangeOptions.steps, ge=2, le=100_000)
     batch_size: int | None = Field(LRRangeOptions.batch_size, ge=1, description="default: the workload's")
 
 
-class ProbeCreate(BaseModel):
+class ProbeCreate(RequestModel):
     """``POST /probes``: run one probe on a workload built as a study's trials would build it (same seed)."""
-
-    model_config = INPUT
     kind: ProbeKind
     workload: WorkloadIn
     seed: int = Field(0, ge=0, le=SEED_MAX)
@@ -245,8 +251,7 @@ class ProbeOut(BaseModel):
     created_at: str
 
 
-class TokenCreate(BaseModel):
-    model_config = INPUT
+class TokenCreate(RequestModel):
     scope: Scope
     name: str = Field("", max_length=TOKEN_NAME_MAX, description="what the token is for (shown by token list)")
 

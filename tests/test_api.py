@@ -12,8 +12,7 @@ import optuna
 import pytest
 
 from tests.conftest import BIN, start_dashboard, stop_group, wait_for, wait_for_status
-from tests.data_helpers import make_image_folder
-from tests.test_api_fast import small_spec
+from tests.factories import JSON, make_image_folder, small_spec
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +97,7 @@ def test_stopping_a_study_leaves_no_running_trial(storage_url, server_factory):
     with server.client() as client:
         study_id = client.post("/studies", json=_long_spec("to-stop")).json()["id"]
         wait_for(lambda: _trials_running(client, study_id), 120, "a running trial")
-        assert client.post(f"/studies/{study_id}/stop").status_code == 202
+        assert client.post(f"/studies/{study_id}/stop", headers=JSON).status_code == 202
         study = wait_for_status(client, study_id, ("stopped", "completed", "failed"), timeout=120)
     assert study["status"] == "stopped"
     counts = study["trial_counts"]
@@ -351,7 +350,7 @@ def test_resources_no_node_has_are_a_422_or_with_wait_for_nodes_a_visible_wait(m
             study = wait_for(lambda: (s := client.get(f"/studies/{study_id}").json())["status"]
                              == "waiting_for_resources" and s, 120, "the study to wait for a GPU")
             assert "gpu: 1" in study["waiting_for"], study
-            assert client.post(f"/studies/{study_id}/stop").status_code == 202
+            assert client.post(f"/studies/{study_id}/stop", headers=JSON).status_code == 202
             study = wait_for_status(client, study_id, ("completed", "failed", "stopped"), timeout=120)
         assert study["status"] == "stopped" and study["n_trials"] == 0, study
     finally:

@@ -20,32 +20,7 @@ from phasetune.search_spaces import FAMILIES
 from phasetune.service.main import create_app
 from phasetune.service.settings import Settings
 from phasetune.workers.workloads import workloads
-from tests.data_helpers import make_npz
-
-
-def small_spec(name: str, **overrides) -> dict:
-    """The README's example study, shrunk: two phases, the transition searched."""
-    spec = {
-        "name": name,
-        "workload": {"name": "ps10", "params": {"noise": 0.1, "n_train": 1000, "n_val": 500}},
-        "epochs": 4,
-        "objective": {"metric": "val_accuracy", "direction": "maximize"},
-        "schedule": {
-            "family": "phases",
-            "phases": [
-                {"optimizer": "sgd", "lr": {"low": 0.05, "high": 1.0, "log": True}, "momentum": 0.0},
-                {"optimizer": "sgd", "lr": {"low": 0.001, "high": 0.05, "log": True},
-                 "momentum": {"low": 0.8, "high": 0.99}},
-            ],
-            "transition_epochs": [{"low": 1, "high": 3}],
-        },
-        "n_trials": 4,
-        "max_concurrent_trials": 2,
-        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "resources_per_trial": {"cpu": 1, "gpu": 0},
-    }
-    spec.update(overrides)
-    return spec
+from tests.factories import JSON, make_npz, small_spec
 
 
 @pytest.fixture(scope="module")
@@ -290,16 +265,16 @@ def test_unknown_or_foreign_ids_are_404(client, storage):
     for study_id in (987654, foreign_id, 2**31, 162266076694547582059080904081408):
         assert client.get(f"/studies/{study_id}").status_code == 404, study_id
         assert client.get(f"/studies/{study_id}/trials").status_code == 404, study_id
-        assert client.post(f"/studies/{study_id}/stop").status_code == 404, study_id
+        assert client.post(f"/studies/{study_id}/stop", headers=JSON).status_code == 404, study_id
     assert "not-phasetunes" not in [s["name"] for s in client.get("/studies").json()]
     assert foreign.study_name == "not-phasetunes"
 
 
 def test_stopping_a_queued_study_stops_it_at_once(client):
     study_id = client.post("/studies", json=small_spec("stop-queued")).json()["id"]
-    stopped = client.post(f"/studies/{study_id}/stop")
+    stopped = client.post(f"/studies/{study_id}/stop", headers=JSON)
     assert stopped.status_code == 202 and stopped.json()["status"] == "stopped"
-    assert client.post(f"/studies/{study_id}/stop").json()["status"] == "stopped"  # finished: left as it is
+    assert client.post(f"/studies/{study_id}/stop", headers=JSON).json()["status"] == "stopped"  # finished: kept
 
 
 QUADRATIC = {"name": "quadratic", "params": {"dim": 10, "eig_max": 4.0}}
@@ -338,7 +313,8 @@ def test_probes_wait_for_no_cluster_and_unknown_ones_404(client):
     assert stored.status_code == 202 and stored.json()["status"] == "running", stored.text
     assert client.get(f"/probes/{stored.json()['id']}").json()["status"] == "running"
     state = client.app.state
-    state.launcher, state.probe_runner = Launcher(state.settings, state.storage), ProbeRunner(state.engine)
+    state.launcher = Launcher(state.settings, state.storage)
+    state.probe_runner = ProbeRunner(state.launcher)
     try:
         response = client.post("/probes", json={"kind": "curvature", "workload": QUADRATIC})
     finally:
@@ -487,7 +463,7 @@ def test_a_study_deleted_with_the_dashboard_is_gone_from_the_api(client, storage
     gone = doomed.json()["id"]
     assert client.get(f"/studies/{gone}").status_code == 404
     assert client.get(f"/studies/{gone}/trials").status_code == 404
-    assert client.post(f"/studies/{gone}/stop").status_code == 404
+    assert client.post(f"/studies/{gone}/stop", headers=JSON).status_code == 404
     names = [s["name"] for s in client.get("/studies").json()]
     assert "dashboard-kept" in names and "dashboard-doomed" not in names
     again = client.post("/studies", json=small_spec("dashboard-doomed"))

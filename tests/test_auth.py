@@ -17,7 +17,7 @@ from phasetune.service.db import make_engine, migrate
 from phasetune.service.main import create_app
 from phasetune.service.settings import AuthMode, Settings
 from tests.conftest import BIN, free_port, served_in_thread
-from tests.test_api_fast import small_spec
+from tests.factories import small_spec
 
 
 def _cli(storage: str, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Faults injected into real processes mid-study: the driver actor's process SIGKILLed, a trial's worker process
 SIGKILLed, the PostgreSQL server restarted. Each study must still end ``completed`` with its full budget, nothing
-left RUNNING and no result lost."""
+left RUNNING and no result lost. The Ray head stopped or killed under `serve`: tests/test_user_faults.py."""
 
 from __future__ import annotations
 
@@ -19,60 +19,15 @@ import httpx
 import optuna
 import pytest
 
-from tests.conftest import free_port, wait_for, wait_for_status
-from tests.test_api_fast import small_spec
+from tests.conftest import free_port, missing_in_ci, wait_for, wait_for_status
+from tests.factories import ENDED, assert_budget_kept, fault_spec, submit, trials_of
 
 pytestmark = pytest.mark.slow
 
-ENDED = ("completed", "failed", "stopped")
-
-
-def _spec(name: str, epochs: int, n_trials: int) -> dict:
-    """ps10 with a constant schedule, 2 trials at once: a trial of a few seconds, long enough to be hit while it
-    runs."""
-    return small_spec(name, epochs=epochs, n_trials=n_trials,
-                      schedule={"family": "constant", "lr": {"low": 0.01, "high": 0.1, "log": True}, "momentum": 0.9},
-                      workload={"name": "ps10", "params": {"n_train": 2000, "n_val": 500}})
-
-
-def _submit(client: httpx.Client, spec: dict) -> int:
-    created = client.post("/studies", json=spec)
-    assert created.status_code == 201, created.text
-    return created.json()["id"]
-
-
-def _trials(client: httpx.Client, study_id: int, history: bool = True) -> list[dict]:
-    response = client.get(f"/studies/{study_id}/trials", params={"limit": 1000, "history": str(history).lower()})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _training(client: httpx.Client, study_id: int) -> list[dict]:
     """RUNNING trials that have reported their first epoch (so a worker process really trains them)."""
-    return [t for t in _trials(client, study_id, history=False)
+    return [t for t in trials_of(client, study_id, history=False)
             if t["state"] == "RUNNING" and t["user_attrs"].get("worker")]
-
-
-def _assert_budget_kept(study: dict, trials: list[dict], n_trials: int, epochs: int) -> list[dict]:
-    """The study completed its budget: nothing RUNNING, every trial number once, the trials the sweeper failed
-    (the crash's victims, ``phasetune_swept``) aside exactly ``n_trials``, and every COMPLETE trial with its value
-    and one record per epoch. Returns the swept trials."""
-    assert study["status"] == "completed", study.get("error")
-    assert study["trial_counts"].get("RUNNING", 0) == 0, study["trial_counts"]
-    numbers = [t["number"] for t in trials]
-    assert numbers == list(range(len(trials))), numbers  # none twice, none missing
-    swept = [t for t in trials if t["user_attrs"].get("phasetune_swept")]
-    assert all(t["state"] == "FAIL" for t in swept), swept
-    counted = [t for t in trials if not t["user_attrs"].get("phasetune_swept")]
-    assert len(counted) == n_trials, ([(t["number"], t["state"]) for t in trials], n_trials)
-    assert sum(study["trial_counts"].values()) == len(trials)
-    for trial in trials:
-        assert trial["state"] in ("COMPLETE", "FAIL", "PRUNED"), trial["state"]
-        if trial["state"] == "COMPLETE":
-            assert trial["value"] is not None, trial["number"]
-            assert [m["epoch"] for m in trial["metrics"]] == list(range(epochs)), (trial["number"], trial["metrics"])
-            assert len(trial["user_attrs"]["realized_lr"]) == epochs
-    return swept
 
 
 def _assert_optuna_agrees(storage_url: str, name: str, trials: list[dict], epochs: int) -> None:
@@ -106,13 +61,13 @@ def test_a_driver_killed_with_sigkill_is_restarted_and_completes_the_budget(stor
     name, epochs, n_trials = "driver-sigkill", 6, 4
     server = server_factory(storage_url)
     with server.client() as client:
-        study_id = _submit(client, _spec(name, epochs, n_trials))
+        study_id = submit(client, fault_spec(name, epochs, n_trials))
         wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)
         os.kill(_driver_pid(storage_url, name), signal.SIGKILL)
         study = wait_for_status(client, study_id, ENDED, timeout=240)
-        trials = _trials(client, study_id)
+        trials = trials_of(client, study_id)
         relaunched = client.get("/health").json()["relaunched_drivers"]
-    swept = _assert_budget_kept(study, trials, n_trials, epochs)
+    swept = assert_budget_kept(study, trials, n_trials, epochs)
     assert swept, "nothing was RUNNING when the driver died: the kill missed the study"
     assert relaunched == {}, relaunched  # Ray restarted it (max_restarts), not the API's reconciliation
     _assert_optuna_agrees(storage_url, name, trials, epochs)
@@ -130,13 +85,13 @@ def test_a_trial_whose_worker_is_killed_is_retried_or_fails_with_a_reason(tmp_pa
     storage_url = f"sqlite:///{tmp_path / 'faults.db'}"
     server = server_factory(storage_url)
     with server.client() as client:
-        study_id = _submit(client, _spec(name, epochs, n_trials))
+        study_id = submit(client, fault_spec(name, epochs, n_trials))
         victim = wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)[0]
         killed = victim["user_attrs"]["worker"]["pid"]
         os.kill(killed, signal.SIGKILL)
         study = wait_for_status(client, study_id, ENDED, timeout=240)
-        trials = _trials(client, study_id)
-    assert not _assert_budget_kept(study, trials, n_trials, epochs)
+        trials = trials_of(client, study_id)
+    assert not assert_budget_kept(study, trials, n_trials, epochs)
     after = next(t for t in trials if t["number"] == victim["number"])
     if after["state"] == "COMPLETE":  # retried: a new process trained it from epoch 0 to the end
         assert after["user_attrs"]["worker"]["pid"] != killed, "the victim finished in the killed process"
@@ -205,8 +160,7 @@ class OwnPostgres:
 def own_postgres() -> Iterator[OwnPostgres]:
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin")
-    pytest.importorskip("psycopg2")
+        missing_in_ci("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin")
     server = None
     try:
         server = OwnPostgres(bindir)
@@ -226,7 +180,7 @@ def test_a_postgres_restart_mid_study_loses_no_result(own_postgres, server_facto
     name, epochs, n_trials = "pg-restart", 12, 4
     server = server_factory(own_postgres.url)
     with server.client() as client:
-        study_id = _submit(client, _spec(name, epochs, n_trials))
+        study_id = submit(client, fault_spec(name, epochs, n_trials))
         wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)
         own_postgres.stop()  # fast: every connection is cut
         try:
@@ -237,61 +191,12 @@ def test_a_postgres_restart_mid_study_loses_no_result(own_postgres, server_facto
         assert down.status_code == 503 and down.json()["problems"][0].startswith("storage"), down.text
         wait_for(lambda: client.get("/health").status_code == 200, 60, "the API to answer again")
         study = wait_for_status(client, study_id, ENDED, timeout=240)
-        trials = _trials(client, study_id)
+        trials = trials_of(client, study_id)
         relaunched = client.get("/health").json()["relaunched_drivers"]
-    swept = _assert_budget_kept(study, trials, n_trials, epochs)
+    swept = assert_budget_kept(study, trials, n_trials, epochs)
     # The driver rode the restart out: the trials training across it finished with their results (none was
     # thrown away by a successor's sweep), and no relaunch by the API's reconciliation was needed.
     assert not swept, (f"trials {[t['number'] for t in swept]} trained across the restart and were thrown away by a "
                        f"successor driver's sweep: the driver died of the outage (relaunched: {relaunched})")
     assert relaunched == {}, relaunched
     _assert_optuna_agrees(own_postgres.url, name, trials, epochs)
-
-
-# ---- 4. the Ray head killed and started again ---------------------------------------------------------------------
-
-
-def test_the_api_outlives_its_ray_head_and_resumes_studies_after_it_restarts(tmp_path):
-    """``serve`` on a local head of its own; the head is killed mid-study (every Ray process: GCS, raylet, the
-    driver, the trials). The API keeps answering (a study submitted meanwhile is stored, 201, not a 500), does not
-    exit (Ray ends a driver whose GCS stays away 60 s), reconnects to a new head and relaunches what was running:
-    both studies complete their budgets. Then the head is killed and started again, and ``serve`` restarted: the
-    study that was running resumes from the storage and completes."""
-    from phasetune.service import ray_cluster
-    from phasetune.service.settings import Settings
-    from tests.conftest import Server
-
-    port = free_port()
-    settings = Settings(ray_port=port, start_dashboard=False)
-    storage_url = f"sqlite:///{tmp_path / 'head.db'}"
-    epochs, n_trials = 6, 2
-    server = Server(storage_url, "", tmp_path, PHASETUNE_RAY_PORT=str(port), PHASETUNE_RAY_NUM_CPUS="2",
-                    PHASETUNE_RECONCILE_S="2")
-    try:
-        server.start()
-        with server.client() as client:
-            first = _submit(client, _spec("before-head-loss", epochs, n_trials))
-            wait_for(lambda: _training(client, first), 120, "a trial training", interval=0.3)
-            killed_at = time.monotonic()
-            assert ray_cluster.stop_local_head(settings) > 0
-            during = _submit(client, _spec("during-head-loss", epochs, n_trials))  # stored, queued: not a 500
-            wait_for(lambda: client.get("/health").status_code == 503, 90, "/health to report the lost cluster")
-            for study_id in (first, during):
-                study = wait_for_status(client, study_id, ENDED, timeout=300)
-                _assert_budget_kept(study, _trials(client, study_id), n_trials, epochs)
-            time.sleep(max(0.0, 65 - (time.monotonic() - killed_at)))  # past Ray's 60 s: the API must still be up
-            assert server.process.poll() is None, "the API exited after losing its Ray head"
-            assert client.get("/health").status_code == 200, client.get("/health").text
-
-            third = _submit(client, _spec("across-serve-restart", epochs, n_trials))
-            wait_for(lambda: _training(client, third), 120, "a trial training", interval=0.3)
-        ray_cluster.stop_local_head(settings)
-        ray_cluster.ensure_local_head(settings)  # the head started again, by someone else, before serve restarts
-        server.stop()
-        server.start()
-        with server.client() as client:
-            study = wait_for_status(client, third, ENDED, timeout=300)
-            _assert_budget_kept(study, _trials(client, third), n_trials, epochs)
-    finally:
-        server.stop()
-        ray_cluster.stop_local_head(settings)

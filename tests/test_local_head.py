@@ -38,8 +38,7 @@ def test_the_local_head_keeps_to_itself_and_stop_ray_stops_only_it(ray_address):
         stopped = subprocess.run([str(BIN / "phasetune"), "stop-ray"], capture_output=True, text=True, check=True,
                                  env={**os.environ, "PHASETUNE_RAY_PORT": str(port)}, timeout=120)
         assert "stopped the local Ray head" in stopped.stdout and not _up(port)
-        marker = str(ray_cluster.head_dir(settings))
-        assert not any(marker in ray_cluster._cmdline(pid) for pid in ray_cluster._pids() if ray_cluster._alive(pid))
+        assert not ray_cluster.head_pids(settings)
         assert _up(int(ray_address.rsplit(":", 1)[1]))  # the session's own head is untouched
         again = subprocess.run([str(BIN / "phasetune"), "stop-ray"], capture_output=True, text=True, check=True,
                                env={**os.environ, "PHASETUNE_RAY_PORT": str(port)}, timeout=60)
@@ -55,7 +54,7 @@ def test_serve_on_its_own_head_uses_ray_token_auth(tmp_path):
     import sys
 
     from tests.conftest import Server, wait_for_status
-    from tests.test_api_fast import small_spec
+    from tests.factories import small_spec
 
     port = free_port()
     settings = Settings(ray_port=port, start_dashboard=False)

@@ -48,6 +48,7 @@ def test_the_sweep_fails_a_running_trial_by_number(study):
     assert optuna_study.sweep_stale_trials(study) == 1
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["phasetune_swept"] is True
+    assert trial.user_attrs["fail_reason"].startswith("swept: ")  # every FAIL says why (issue 24)
     assert optuna_study.sweep_stale_trials(study) == 0
 
 

@@ -178,3 +178,16 @@ def test_resuming_into_a_fresh_optimizer_sets_the_phases_settings_up():
     _run(driver, model, range(8))  # in phase 1, on Adam
     owned.load_state_dict(driver.state_dict(include_optimizer=False))
     assert isinstance(owned.optimizer, torch.optim.Adam) and owned.phase == 1
+
+
+def test_an_lr_beyond_what_the_weights_take_is_a_divergence_not_torchs_error():
+    """A multistep schedule within the spec's lr bound that grows past float32's largest: the step is refused as
+    ``diverged: ...`` (the trial's fail_reason) rather than torch's "value cannot be converted" RuntimeError."""
+    from phasetune.search_spaces.phased import Diverged
+
+    schedule = {"family": "multistep", "lr": 1e38, "milestones": [1], "gamma": 100.0}
+    model = _model(0)
+    driver = PhasedOptimizer(build_plan(schedule, 2, 3), model.parameters())
+    _run(driver, model, range(3))  # epoch 0: 1e38 is a float32 lr (the weights diverge, which the loss reports)
+    with pytest.raises(Diverged, match=r"^diverged: lr 1e\+40 overflows the torch.float32 weights"):
+        _run(driver, model, range(1))

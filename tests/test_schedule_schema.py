@@ -13,9 +13,10 @@ import pytest
 
 from phasetune.search_spaces import FAMILIES, SpecError, validate_schedule
 from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.families.base import LR_MAX
 from phasetune.search_spaces.schema import standalone
 from phasetune.search_spaces.segment import OPTIMIZER_FIELDS
-from tests.test_schedule_space import EPOCHS, INVALID, SPACES, SPE, UNIT_ERRORS
+from tests.factories import EPOCHS, INVALID, SPACES, SPE, UNIT_ERRORS
 
 SCHEMA = standalone()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -75,8 +76,8 @@ def test_rules_the_schema_cannot_state_are_rule_errors(space: dict):
 @pytest.mark.parametrize("space", [
     {"family": "sgdr", "lr": 0.1, "t_0": 0.5, "t_mult": {"choices": [1.0459602646578245e308, 1.5]}},
     {"preset": "regimes", "phase1_upper": 5e-324, "phase2_effective_lr": {"low": 5e-324, "high": 5e-324}},
-    {"family": "cosine", "lr": 1.7976931348623157e308, "weight_decay": 1.7976931348623157e308},
-    {"family": "exponential", "lr": 1e308, "gamma": 5e-324},
+    {"family": "cosine", "lr": LR_MAX, "weight_decay": 1.7976931348623157e308},  # an lr's end: float32's largest
+    {"family": "exponential", "lr": LR_MAX, "gamma": 5e-324},
 ], ids=["sgdr-t_mult", "preset-upper", "cosine-huge", "exponential-tiny"])
 def test_extreme_values_the_schema_allows_are_accepted_or_rule_errors(space: dict):
     """Values each within their bounds, at the ends of the floats (what the fuzzer found as 500s): validation
@@ -86,3 +87,16 @@ def test_extreme_values_the_schema_allows_are_accepted_or_rule_errors(space: dic
         validate_schedule(space, 486, 8)
     except RuleError:
         pass
+
+
+@pytest.mark.parametrize("space", [
+    {"family": "constant", "lr": 1e39},
+    {"family": "cyclic", "base_lr": 0.1, "max_lr": {"low": 1.0, "high": 1e308}, "step_size_up": 1},
+    {"family": "phases", "phases": [{"lr": 0.1, "eta_min": 1e300, "family": "cosine"}]},
+], ids=["constant", "cyclic-range", "eta_min"])
+def test_an_lr_beyond_float32_is_refused_by_schema_and_validation_alike(space: dict):
+    """torch cannot apply a larger lr to float32 weights (issue 24: lr up to 1e308 ran, and failed with a raw
+    RuntimeError): the schema and the check say the same."""
+    assert not VALIDATOR.is_valid(space)
+    with pytest.raises(SpecError, match="float32"):
+        validate_schedule(space, EPOCHS, SPE)

@@ -16,10 +16,13 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages._rdb import models as rdb_models  # private: see the module docstring
+
+if TYPE_CHECKING:  # private too: what get_all_studies returns, with no public path (optuna.study does not export it)
+    from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, or_, orm
 
@@ -130,15 +133,20 @@ def tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd) -> None:
     study.tell(trial, end.value, state=end.outcome.value)
 
 
+SWEPT_REASON = ("swept: still RUNNING when no driver of its study was alive (the driver or its node was killed, or "
+                "the study failed); it does not count toward n_trials")
+
+
 def sweep_stale_trials(study: optuna.Study) -> int:
     """Fail every RUNNING trial of ``study`` (call only when no driver of it is alive); returns how many.
 
     Optuna's heartbeat does not cover ask/tell trials, so a driver that died leaves its trials RUNNING; they are
-    marked ``SWEPT`` so that they do not use up the study's budget.
+    marked ``SWEPT`` so that they do not use up the study's budget, and carry a ``FAIL_REASON`` as every FAIL does.
     """
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         storage_of(study).set_trial_user_attr(trial_id(trial), study_attrs.SWEPT, True)
+        storage_of(study).set_trial_user_attr(trial_id(trial), study_attrs.FAIL_REASON, SWEPT_REASON)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(stale)
 
@@ -173,7 +181,7 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def study_id(study: optuna.Study | optuna.study.FrozenStudy) -> int:
+def study_id(study: optuna.Study | FrozenStudy) -> int:
     """The storage's id of a study: phasetune's study id, the same the Optuna dashboard shows. ``Study`` and the
     ``FrozenStudy`` of ``get_all_studies`` have no public accessor."""
     return study._study_id

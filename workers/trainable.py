@@ -18,6 +18,7 @@ import ray
 import torch
 from ray import tune
 
+from phasetune.search_spaces.phased import Diverged
 from phasetune.search_spaces.plan import build_plan
 from phasetune.workers.branching import TrialBranch
 from phasetune.workers.early_stopping import ProbeSchedule
@@ -69,4 +70,5 @@ def run_trial(config: dict[str, Any]) -> None:
               checkpoint_at=branch.checkpoint_at if branch is not None else (),
               on_checkpoint=branch.save if branch is not None else None, resume=resume)
     except Exception as err:  # noqa: BLE001  (Tune's own stop is SystemExit, which passes)
-        tune.report({TRIAL_ERROR: f"{type(err).__name__}: {err}", trial.metric: math.nan, "done": True, **where})
+        reason = str(err) if isinstance(err, Diverged) else f"{type(err).__name__}: {err}"  # "diverged: ..." as is
+        tune.report({TRIAL_ERROR: reason, trial.metric: math.nan, "done": True, **where})

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from phasetune.search_spaces.errors import SpecError
-from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, non_negative, positive
+from phasetune.search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    learning_rate,
+    lr_floor,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +30,8 @@ class Annealing(LRSchedule):
     eta_min: float
     total_steps: int
     fields: ClassVar[Mapping[str, Field]] = {
-        "lr": Field("float", required=True, check=positive),
-        "eta_min": Field("float", 0.0, check=non_negative),
+        "lr": Field("float", required=True, check=learning_rate),
+        "eta_min": Field("float", 0.0, check=lr_floor),
     }
 
     @classmethod

@@ -18,6 +18,7 @@ from phasetune.search_spaces.families.base import (
     LRSchedule,
     Point,
     decay_factor,
+    learning_rate,
     non_negative,
     open_unit_interval,
     positive,
@@ -39,7 +40,7 @@ class AutoDecay(LRSchedule):
 
     name = "autodecay"
     fields = {
-        "lr": Field("float", required=True, check=positive),
+        "lr": Field("float", required=True, check=learning_rate),
         "beta": Field("float", 0.9, check=Interval(0, 1, open_high=True, note="0: no smoothing")),
         "window": Field("int", 5, check=Interval(1, MAX_EPOCHS, note="epochs")),
         # tolerance and gamma: the spec's proposals (0.02, 0.1) never decayed within a 60-epoch ps10 budget; these

@@ -9,9 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
-from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.errors import Loc, SpecError
 
 
 class Point(NamedTuple):
@@ -118,6 +118,11 @@ in_unit_interval = Interval(0, 1)
 open_unit_interval = Interval(0, 1, open_low=True, open_high=True)
 momentum_range = Interval(0, 1, open_high=True)  # a momentum (or beta1) of 1 never forgets
 decay_factor = Interval(0, 1, open_low=True)
+# float32's largest number: torch cannot even apply a larger lr to float32 weights ("value cannot be converted to
+# type float without overflow"), and any lr near it diverges at the first step. The bound every lr field takes.
+LR_MAX = 3.4028234663852886e38
+learning_rate = Interval(0, LR_MAX, open_low=True, note="float32's largest")
+lr_floor = Interval(0, LR_MAX, note="float32's largest")  # an lr an annealing ends at: 0 allowed
 
 
 def one_of(*allowed: Any) -> OneOf:
@@ -139,17 +144,27 @@ def integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def check_value(field: Field, value: Any, loc: tuple) -> None:
+def check_value(field: Field, value: Any, loc: Loc) -> None:
     """Refuse a concrete value of the wrong kind or one that breaks the field's rule."""
     types = _KIND_TYPES[field.kind]
     if field.kind == "int":
         value = integral(value)
     if not isinstance(value, types) or (field.kind in ("float", "int") and isinstance(value, bool)):
         raise SpecError(loc, f"must be of kind {field.kind}, got {value!r}")
-    if field.kind in ("float", "int") and abs(value) > MAX_FLOAT:
+    if isinstance(value, (int, float)) and field.kind in ("float", "int") and abs(value) > MAX_FLOAT:
         raise SpecError(loc, f"must be a finite number, got {str(value)[:40]}")
     if field.check is not None and (msg := field.check(value)) is not None:
         raise SpecError(loc, msg)
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A family that learns while it runs (AutoDecay, a warmup around one): what it learned, for checkpoint/resume.
+    The others are pure functions of the step and have nothing to save."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 class LRSchedule(ABC):

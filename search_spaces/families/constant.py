@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, positive, register
+from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, learning_rate, register
 
 
 @register
@@ -16,7 +16,7 @@ class Constant(LRSchedule):
 
     lr: float
     name = "constant"
-    fields = {"lr": Field("float", required=True, check=positive)}
+    fields = {"lr": Field("float", required=True, check=learning_rate)}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], horizon: Horizon) -> Constant:

@@ -15,9 +15,9 @@ from phasetune.search_spaces.families.base import (
     Point,
     decay_factor,
     duration,
+    learning_rate,
     momentum_range,
     one_of,
-    positive,
     register,
 )
 
@@ -50,8 +50,8 @@ class Cyclic(LRSchedule):
     total_steps: int
     name = "cyclic"
     fields = {
-        "base_lr": Field("float", required=True, check=positive),
-        "max_lr": Field("float", required=True, check=positive),
+        "base_lr": Field("float", required=True, check=learning_rate),
+        "max_lr": Field("float", required=True, check=learning_rate),
         "step_size_up": Field("float", required=True, check=duration),
         "step_size_down": Field("float", None, check=duration),  # None: same as up
         "mode": Field("str", "triangular", check=one_of(*MODES)),

@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, decay_factor, positive, register
+from phasetune.search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    decay_factor,
+    learning_rate,
+    register,
+)
 
 
 @register
@@ -23,7 +31,7 @@ class Exponential(LRSchedule):
     total_steps: int
     name = "exponential"
     fields = {
-        "lr": Field("float", required=True, check=positive),
+        "lr": Field("float", required=True, check=learning_rate),
         "gamma": Field("float", required=True, check=decay_factor),  # per epoch
     }
 

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from phasetune.search_spaces.errors import SpecError
-from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
+from phasetune.search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    duration,
+    learning_rate,
+    positive,
+    register,
+)
 
 
 @register
@@ -27,7 +36,7 @@ class MultiStep(LRSchedule):
     total_steps: int
     name = "multistep"
     fields = {
-        "lr": Field("float", required=True, check=positive),
+        "lr": Field("float", required=True, check=learning_rate),
         "milestones": Field("list", required=True, check=duration),
         "gamma": Field("float", 0.1, check=positive),
     }

@@ -13,6 +13,7 @@ from phasetune.search_spaces.families.base import (
     Horizon,
     LRSchedule,
     Point,
+    learning_rate,
     momentum_range,
     one_of,
     open_unit_interval,
@@ -54,7 +55,7 @@ class OneCycle(LRSchedule):
     total_steps: int
     name = "onecycle"
     fields = {
-        "max_lr": Field("float", required=True, check=positive),
+        "max_lr": Field("float", required=True, check=learning_rate),
         "pct_start": Field("float", 0.3, check=open_unit_interval),
         "div_factor": Field("float", 25.0, check=positive),
         "final_div_factor": Field("float", 1e4, check=positive),
@@ -83,6 +84,7 @@ class OneCycle(LRSchedule):
         init = peak / float(params["div_factor"])
         low = init / float(params["final_div_factor"])
         hi, lo = float(params["max_momentum"]), float(params["base_momentum"])
+        phases: tuple[_Phase, ...]
         if params["three_phase"]:
             phases = (
                 _Phase(float(pct * total) - 1, (init, peak), (hi, lo)),

@@ -16,8 +16,8 @@ from phasetune.search_spaces.families.base import (
     LRSchedule,
     Point,
     duration,
-    non_negative,
-    positive,
+    learning_rate,
+    lr_floor,
     register,
 )
 
@@ -41,10 +41,10 @@ class SGDR(LRSchedule):
     total_steps: int
     name = "sgdr"
     fields = {
-        "lr": Field("float", required=True, check=positive),
+        "lr": Field("float", required=True, check=learning_rate),
         "t_0": Field("float", required=True, check=duration),
         "t_mult": Field("float", 1.0, check=Interval(1, note="cycles cannot shrink")),
-        "eta_min": Field("float", 0.0, check=non_negative),
+        "eta_min": Field("float", 0.0, check=lr_floor),
     }
 
     @classmethod

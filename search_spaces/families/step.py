@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from phasetune.search_spaces.errors import SpecError
-from phasetune.search_spaces.families.base import Field, Horizon, LRSchedule, Point, duration, positive, register
+from phasetune.search_spaces.families.base import (
+    Field,
+    Horizon,
+    LRSchedule,
+    Point,
+    duration,
+    learning_rate,
+    positive,
+    register,
+)
 
 
 @register
@@ -25,7 +34,7 @@ class Step(LRSchedule):
     total_steps: int
     name = "step"
     fields = {
-        "lr": Field("float", required=True, check=positive),
+        "lr": Field("float", required=True, check=learning_rate),
         "step_size": Field("float", required=True, check=duration),
         "gamma": Field("float", 0.1, check=positive),
     }

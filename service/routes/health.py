@@ -14,8 +14,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", responses={503: {"description": "the storage or the Ray cluster does not answer (`problems`)"}})
 def health(engine: EngineDep, launcher: LauncherDep, response: Response) -> dict[str, object]:
-    """200 when the storage answers and, for an API that runs studies, Ray is connected; 503 naming what is not.
-    ``relaunched_drivers``: studies whose driver the API found gone and relaunched (how many times)."""
+    """200 when the storage answers now and, for an API that runs studies, the Ray agent verified the cluster
+    within one reconcile period; 503 naming what is not. ``ray``: what was last verified (address, when, how many
+    seconds ago, trusted for how long) and the agent process (``service/ray_agent.py``). ``relaunched_drivers``:
+    studies whose driver the API found gone and relaunched (how many times)."""
     problems = []
     try:
         with engine.connect() as connection:
@@ -29,4 +31,5 @@ def health(engine: EngineDep, launcher: LauncherDep, response: Response) -> dict
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {"status": "unavailable" if problems else "ok", "storage": engine.url.get_backend_name(),
             "ray_connected": connected, "problems": problems,
+            "ray": launcher.health() if launcher is not None else None,
             "relaunched_drivers": dict(launcher.relaunched) if launcher is not None else {}}

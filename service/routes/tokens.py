@@ -1,17 +1,18 @@
-"""``/tokens``: create, list and revoke API tokens (an admin token's; ``phasetune token`` does the same on the
-database directly, which is how the first token is made)."""
+"""``/tokens``: create, list and revoke API tokens. Always an admin token's, even on loopback with auth off (a web
+page the user opens must not mint one for itself); ``phasetune token`` does the same on the database directly,
+which is how the first token is made."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
 from phasetune.service import auth
-from phasetune.service.auth import ADMIN, AUTH_RESPONSES
+from phasetune.service.auth import ALWAYS_ADMIN, AUTH_RESPONSES
 from phasetune.service.db import ID_MAX
 from phasetune.service.deps import EngineDep
 from phasetune.service.schemas import TokenCreate, TokenCreated, TokenOut
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_RESPONSES, dependencies=[ADMIN])
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_RESPONSES, dependencies=[ALWAYS_ADMIN])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: install into .venv (idempotent), then, with no arguments, `ruff check`, the fast subset
+# The test command: install into .venv (idempotent), then, with no arguments, `ruff check`, mypy, the fast subset
 # (validation, routing, schedules, training, searcher: real SQLite/PostgreSQL, no Ray) and the slow tests
 # (real Ray, `phasetune serve`, real HTTP, the cluster's processes) -- together, the whole suite.
 # With arguments, pytest with them: `bash scripts/test.sh -m "not slow"` runs the fast subset alone.
@@ -10,6 +10,12 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 .venv/bin/ruff check .
+# Types: mypy on the installed layout ([tool.mypy] in pyproject.toml: strict on search_spaces, a shrinking allowlist).
+.venv/bin/python scripts/typecheck.py
+# The docs site, warnings as errors (a broken link or anchor, a page left out of the nav), built away from the tree.
+docs_site=$(mktemp -d)
+.venv/bin/mkdocs build --strict --quiet --site-dir "$docs_site"
+rm -rf "$docs_site"
 started=$(date +%s)
 .venv/bin/python -m pytest -m "not slow"
 echo "fast subset: $(( $(date +%s) - started )) s"

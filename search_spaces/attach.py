@@ -42,7 +42,7 @@ class ScheduleDriver(LRScheduler):
         self._apply()
 
     @property
-    def last_epoch(self) -> int:  # type: ignore[override]
+    def last_epoch(self) -> int:
         """torch's name for the number of ``step()`` calls."""
         return self.driver.steps_done
 
@@ -54,7 +54,7 @@ class ScheduleDriver(LRScheduler):
         self.driver.prepare()
         self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
 
-    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+    def step(self, epoch: int | None = None) -> None:
         if epoch is not None:
             raise TypeError("step(epoch) is not supported: call step() once per optimizer step")
         self.driver.advance()
@@ -64,7 +64,7 @@ class ScheduleDriver(LRScheduler):
         return [self.driver.plan(self.last_epoch).lr for _ in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:  # type: ignore[override]
-        return list(self._last_lr)
+        return [float(lr) for lr in self._last_lr]
 
     def observe(self, epoch: int, train_loss: float) -> bool:
         return self.driver.observe(epoch, train_loss)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.errors import Loc, RuleError, SpecError
 
-Scalar = float | int | bool | str
 MAX_CHOICES = 1000  # a categorical this long is a list to sweep, not a search space
 RANGE_KEYS = {"low", "high", "log", "step", "unit"}
 
@@ -56,10 +55,6 @@ class Constant:
 Param = Range | Choices | Constant
 
 
-def is_searchable(raw: Any) -> bool:
-    return isinstance(raw, Mapping) and ("choices" in raw or "low" in raw or "high" in raw)
-
-
 def finite(value: Any) -> bool:
     """A number JSON can mean (an int beyond any float, such as 10**400, is not: math would overflow on it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -70,13 +65,13 @@ def finite(value: Any) -> bool:
         return False
 
 
-def _number(value: Any, loc: tuple) -> float:
+def _number(value: Any, loc: Loc) -> float:
     if not finite(value):
         raise SpecError(loc, f"must be a finite number, got {str(value)[:40]}")
-    return value
+    return cast(float, value)  # an int or a float: finite() checked
 
 
-def parse(raw: Any, loc: tuple = ()) -> Param:
+def parse(raw: Any, loc: Loc = ()) -> Param:
     """Check the shape of one hyperparameter spec; ``loc`` locates it in the study spec for error messages."""
     if isinstance(raw, Mapping) and "choices" in raw:
         extra = set(raw) - {"choices"}

@@ -70,10 +70,6 @@ class Plan:
         design, so early stopping never judges a trial there (``phasetune.workers.early_stopping``)."""
         return step < self.decay_start_step() or self.phases[self.phase_index(step)].schedule.awaiting_decay()
 
-    def prefix_signature(self, epochs: int) -> str | None:
-        """What the first ``epochs`` epochs train with, as a digest (``prefix_signatures``)."""
-        return self.prefix_signatures([epochs])[epochs]
-
     def prefix_signatures(self, ends: Iterable[int]) -> dict[int, str | None]:
         """For each epoch count in ``ends``, what the first that many epochs train with, as a digest: every step's
         (phase, lr, momentum) and the optimizer settings of each phase begun in them, in one pass over the steps.

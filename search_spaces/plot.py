@@ -1,7 +1,6 @@
 """Pictures of a schedule: lr and momentum against epochs, phase boundaries marked.
 
-``plot_schedule`` draws with matplotlib (``phasetune schedule plot``); ``plotly_schedule`` gives the same figure as
-plotly (``optuna_dashboard.save_plotly_graph_object`` shows it on a study's page); ``upload_schedule_png`` attaches
+``plot_schedule`` draws with matplotlib (``phasetune schedule plot``); ``upload_schedule_png`` attaches
 ``schedule_png``'s picture (Pillow: cheap enough for every trial) to a trial as an Optuna artifact, which the
 dashboard shows on the trial. All read the plan, the training loop's
 code path, so the picture is what the trial trained with (at most ``MAX_POINTS`` steps of it).
@@ -19,7 +18,6 @@ from phasetune.search_spaces.plan import build_plan
 if TYPE_CHECKING:
     import matplotlib.figure
     import optuna
-    import plotly.graph_objects
     from optuna.artifacts._protocol import ArtifactStore
 
 
@@ -79,24 +77,6 @@ def plot_schedule(schedule: Mapping[str, Any], epochs: int, steps_per_epoch: int
         ax.grid(True, alpha=0.3)
     if path is not None:
         fig.savefig(path, dpi=100)
-    return fig
-
-
-def plotly_schedule(schedule: Mapping[str, Any], epochs: int, steps_per_epoch: int) -> plotly.graph_objects.Figure:
-    """The same picture as a plotly figure (the Optuna dashboard shows plotly figures attached to a trial)."""
-    from plotly.subplots import make_subplots
-
-    data = _series(schedule, epochs, steps_per_epoch)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    fig.add_scatter(x=data["epoch"], y=data["lr"], name="lr", mode="lines", row=1, col=1)
-    if data["momentum"] is not None:
-        fig.add_scatter(x=data["epoch"], y=data["momentum"], name="momentum", mode="lines", row=2, col=1)
-    for boundary in data["boundaries"]:
-        fig.add_vline(x=boundary, line_dash="dash", line_color="grey")
-    fig.update_yaxes(title_text="learning rate", row=1, col=1)
-    fig.update_yaxes(title_text="momentum", row=2, col=1)
-    fig.update_xaxes(title_text="epoch", row=2, col=1)
-    fig.update_layout(title_text=data["title"], showlegend=False)
     return fig
 
 

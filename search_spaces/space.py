@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from phasetune.search_spaces import params, presets, segment, units
-from phasetune.search_spaces.errors import RuleError, SpecError
+from phasetune.search_spaces.errors import Loc, RuleError, SpecError
 
 PHASES = "phases"
 # Limits that keep a spec (stored, returned by every read, expanded per trial) small; far above real searches.
@@ -92,7 +92,7 @@ def _transition_bounds(transitions: list[Any], epochs: int) -> list[tuple[float,
     return found
 
 
-def _bounds(parsed: params.Param, loc: tuple) -> tuple[float, float]:
+def _bounds(parsed: params.Param, loc: Loc) -> tuple[float, float]:
     if isinstance(parsed, params.Range):
         return parsed.low, parsed.high
     value = parsed.value  # type: ignore[union-attr]

@@ -7,13 +7,13 @@ study's probe results when sampled (``params.suggest``). Only learning rates tak
 from __future__ import annotations
 
 from phasetune.search_spaces import params
-from phasetune.search_spaces.errors import SpecError
+from phasetune.search_spaces.errors import Loc, SpecError
 
 UNITS = ("lr_crit", "lr_div")  # lr_crit = 2/λ0 (curvature probe), lr_div = the range test's divergence LR
 LR_FIELDS = frozenset({"lr", "effective_lr", "eta_min", "base_lr", "max_lr"})
 
 
-def check(param: params.Param, field: str, loc: tuple) -> None:
+def check(param: params.Param, field: str, loc: Loc) -> None:
     """Refuse an unknown unit, or a unit on ``field`` when it is not a learning rate; ``loc`` locates ``param``."""
     if not isinstance(param, params.Range) or param.unit is None:
         return

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
+from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, inspect, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, inspect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from phasetune.workers.storage import engine_kwargs, open_storage, tune_sqlite
@@ -80,24 +83,33 @@ def make_engine(url: str) -> Engine:
     return tune_sqlite(create_engine(url, **engine_kwargs(url)))
 
 
+VERSION_TABLE = "phasetune_alembic_version"  # Optuna's own Alembic keeps its revision in alembic_version
+MIGRATIONS = Path(__file__).with_name("migrations")
+_TODAY_AT_ALEMBIC = "0002"  # the revision of a database that today's schema code made before Alembic came
+
+
+def is_ours(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic's ``include_object``: our tables only (Optuna's share the database and migrate on their own)."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
 def migrate(url: str) -> None:
-    """Create Optuna's schema and ours (idempotent): what `phasetune migrate` and the app's startup run."""
+    """Create or upgrade Optuna's schema and ours (idempotent): what `phasetune migrate` and the app's startup run.
+
+    Ours is Alembic's (``phasetune.service.migrations``). A database from before Alembic, with our tables but no
+    ``phasetune_alembic_version``, is stamped at the revision its columns show, then upgraded in place."""
     open_storage(url).engine.dispose()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
-    engine.dispose()
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added to a table since a database was created (``create_all`` adds tables, not columns): each a
-    nullable column or one with a default, so the rows already there keep their meaning."""
-    added = {"phasetune_probes": {"resources": "JSON", "status": f"VARCHAR(16) DEFAULT '{ProbeStatus.DONE.value}'",
-                                  "error": "TEXT"}}
-    present = inspect(engine)
-    with engine.begin() as connection:
-        for table, columns in added.items():
-            have = {column["name"] for column in present.get_columns(table)}
-            for name, kind in columns.items():
-                if name not in have:
-                    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            present = inspect(connection)
+            if not present.has_table(VERSION_TABLE) and present.has_table(ProbeRecord.__tablename__):
+                probe_columns = {column["name"] for column in present.get_columns(ProbeRecord.__tablename__)}
+                if "status" in probe_columns:  # else older still: 0001 creates what is missing, 0002 adds columns
+                    command.stamp(config, _TODAY_AT_ALEMBIC)
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()

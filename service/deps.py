@@ -17,7 +17,7 @@ def _engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def _storage(request: Request) -> optuna.storages.BaseStorage:
+def _storage(request: Request) -> optuna.storages.RDBStorage:
     return request.app.state.storage
 
 
@@ -34,7 +34,7 @@ def _probe_runner(request: Request) -> ProbeRunner | None:
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
-StorageDep = Annotated[optuna.storages.BaseStorage, Depends(_storage)]
+StorageDep = Annotated[optuna.storages.RDBStorage, Depends(_storage)]  # the reads query its tables (SQL)
 SettingsDep = Annotated[Settings, Depends(_settings)]
 LauncherDep = Annotated[Launcher | None, Depends(_launcher)]
 ProbeRunnerDep = Annotated[ProbeRunner | None, Depends(_probe_runner)]

@@ -37,7 +37,7 @@ class StudyNotFound(Exception):
     pass
 
 
-def create(*, storage: optuna.storages.BaseStorage, settings: Settings, request: StudyCreate,
+def create(*, storage: optuna.storages.RDBStorage, settings: Settings, request: StudyCreate,
            launcher: Launcher | None) -> StudyOut:
     """Validate, store atomically (one winner per name), and hand to the launcher if this app runs studies."""
     spec = StudySpec.parse({**request.model_dump(mode="json"), "data_root": settings.data_root})
@@ -136,7 +136,7 @@ def trials(*, storage: optuna.storages.RDBStorage, study_id: int, offset: int = 
     return [trial_out(t, history) for t in page], total
 
 
-def stop(*, storage: optuna.storages.BaseStorage, settings: Settings, study_id: int,
+def stop(*, storage: optuna.storages.RDBStorage, settings: Settings, study_id: int,
          launcher: Launcher | None) -> StudyOut:
     """Stop a study: a flag in the storage, which its driver reads (within a second) and which outlives it.
 

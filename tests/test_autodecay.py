@@ -31,11 +31,6 @@ def test_hand_computed_flow_without_smoothing() -> None:
     assert sched(12345).lr == pytest.approx(0.01)
 
 
-def _plateaus(levels: list[float], start: float, epochs_per_stage: int) -> list[float]:
-    """A loss that falls geometrically towards one plateau per stage; the plateau only drops after a decay."""
-    return [levels[-1] + (start - levels[-1]) * 0.5**k for k in range(epochs_per_stage)]
-
-
 def test_synthetic_plateaus_decay_twice_then_terminate() -> None:
     sched = _autodecay(epochs=200)
     levels = [1.0, 0.5, 0.48]  # stage 3 improves by 4% only (< 1 - zeta): terminate there

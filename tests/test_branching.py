@@ -16,8 +16,7 @@ from phasetune.workers.seeding import Seeds
 from phasetune.workers.spec import SamplerSpec, StudySpec
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload
-from tests.test_api_fast import small_spec
-from tests.test_train import BRANCHES
+from tests.factories import BRANCHES, small_spec
 
 SEEDS = Seeds(data=1, init=2, batch_order=3)
 EPOCHS = 5

@@ -13,7 +13,7 @@ from phasetune.workers.checkpoints import CheckpointStore, prefix_key
 from phasetune.workers.seeding import Seeds
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload
-from tests.test_train import BRANCHES
+from tests.factories import BRANCHES
 
 SEEDS = Seeds(data=3, init=3, batch_order=7)
 EPOCHS = 5

@@ -7,8 +7,7 @@ import pytest
 
 from phasetune.workers.workloads import workloads
 from tests.conftest import wait_for_status
-from tests.data_helpers import make_image_folder, make_npz
-from tests.test_api_fast import small_spec
+from tests.factories import make_image_folder, make_npz, small_spec
 
 pytestmark = pytest.mark.slow
 

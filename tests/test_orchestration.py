@@ -25,8 +25,7 @@ from phasetune.workers.train import train
 from phasetune.workers.tune_run import trial_slots
 from phasetune.workers.workloads import build_workload
 from phasetune.workers.workloads.cache import WorkloadCache
-from tests.test_api_fast import small_spec
-from tests.test_searcher import SPEC, _handle_for
+from tests.factories import QUADRATIC_SPEC, handle_for, small_spec
 
 CONSTANT = {"family": "constant", "lr": 0.1, "momentum": 0.9}
 
@@ -88,12 +87,12 @@ def _statements(storage: optuna.storages.RDBStorage) -> Iterator[list[tuple[str,
         event.remove(storage.engine, "before_cursor_execute", record)
 
 
-SEARCHER_SPEC = {**SPEC, "name": "orchestration", "epochs": 60, "n_trials": 100}
+SEARCHER_SPEC = {**QUADRATIC_SPEC, "name": "orchestration", "epochs": 60, "n_trials": 100}
 
 
 def _searcher(storage_url: str, name: str = "orchestration") -> OptunaStudySearcher:
     migrate(storage_url)
-    return OptunaStudySearcher(_handle_for(storage_url, name, epochs=60, n_trials=100))
+    return OptunaStudySearcher(handle_for(storage_url, name, epochs=60, n_trials=100))
 
 
 def _epoch(epoch: int, done: bool = False) -> dict:

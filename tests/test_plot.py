@@ -1,4 +1,4 @@
-"""Schedule pictures: a PNG via matplotlib, the same data as a plotly figure for the Optuna dashboard."""
+"""Schedule pictures: a PNG via matplotlib, and one via Pillow attached to a trial for the Optuna dashboard."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from phasetune.search_spaces.plot import plot_schedule, plotly_schedule, upload_schedule_png
+from phasetune.search_spaces.plot import plot_schedule, upload_schedule_png
 
 PHASES = {"family": "phases", "transition_epochs": [3],
           "phases": [{"lr": 0.5, "momentum": 0.0}, {"family": "cosine", "lr": 0.01, "momentum": 0.9}]}
@@ -24,14 +24,6 @@ def test_plot_writes_a_png_with_phase_boundaries(tmp_path: Path) -> None:
 def test_plot_without_momentum() -> None:
     fig = plot_schedule({"family": "cosine", "lr": 0.1}, 3, 4)
     assert len(fig.axes[1].lines) == 0 and fig.axes[1].texts
-
-
-def test_plotly_figure_has_lr_and_momentum() -> None:
-    fig = plotly_schedule({"family": "onecycle", "max_lr": 0.1}, 4, 5)
-    assert [trace.name for trace in fig.data] == ["lr", "momentum"]
-    assert len(fig.data[0].x) == 20 and fig.data[0].x[5] == 1.0
-    boundaries = plotly_schedule(PHASES, 6, 10).layout.shapes  # one line per subplot
-    assert [shape.x0 for shape in boundaries] == [3.0, 3.0]
 
 
 def test_png_is_attached_to_a_trial(tmp_path: Path) -> None:

@@ -1,10 +1,10 @@
-"""Your own model: the README's "Tune your own model" section followed word for word, and the example plugin it
+"""Your own model: the docs' plugins page (docs/plugins.md) followed word for word, and the example plugin it
 installs (its own loss, a metric phasetune does not know) studied over REST on SQLite and PostgreSQL.
 
 The plugin is installed into this test environment and uninstalled when the module ends. A regular install
 (not editable) puts it in site-packages, where every process that starts after it, and a running one that has not
 read the entry points yet (the registry reads them again for a name it lacks), finds it; the servers here are
-started after the install, as the README says to restart them.
+started after the install, as the page says to restart them.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ EXAMPLE = ROOT / "examples" / "phasetune-example-plugin"
 DISTRIBUTION = "phasetune-example-plugin"
 
 
-def _section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    return text[start:text.index("\n## ", start + 1)]
+PLUGINS_PAGE = ROOT / "docs" / "plugins.md"
 
 
 def _blocks(section: str) -> list[tuple[str, str]]:
@@ -49,8 +46,8 @@ def uninstall_afterwards():
     reload()
 
 
-def test_the_readme_walkthrough(tmp_path, ray_address, uninstall_afterwards):
-    (toml_lang, toml), (py_lang, module), (sh_lang, shell) = _blocks(_section("Tune your own model"))[:3]
+def test_the_docs_walkthrough(tmp_path, ray_address, uninstall_afterwards):
+    (toml_lang, toml), (py_lang, module), (sh_lang, shell) = _blocks(PLUGINS_PAGE.read_text())[:3]
     assert (toml_lang, py_lang, sh_lang) == ("toml", "python", "bash")
     # The section shows the example package whole: its files, as they are.
     assert toml == (EXAMPLE / "pyproject.toml").read_text()
@@ -78,7 +75,7 @@ def _study(name: str, **overrides) -> dict:
 
 
 def test_a_plugin_workload_is_studied_like_a_built_in_one(postgres_url, server_factory, uninstall_afterwards):
-    """On PostgreSQL (the README walkthrough above runs its study on SQLite)."""
+    """On PostgreSQL (the docs walkthrough above runs its study on SQLite)."""
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", str(EXAMPLE)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from tests.conftest import BIN, run_probe, wait_for_status
-from tests.test_api_fast import small_spec
+from tests.factories import small_spec
 
 pytestmark = pytest.mark.slow
 

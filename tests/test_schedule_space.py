@@ -11,41 +11,9 @@ import pytest
 from phasetune.search_spaces import FAMILIES, SpecError, build_plan, sample_schedule, trace, validate_schedule
 from phasetune.search_spaces.families import Horizon
 from phasetune.search_spaces.segment import build
+from tests.factories import EPOCHS, INVALID, SPACES, SPE, UNIT_ERRORS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-EPOCHS, SPE = 10, 8
-
-# A searchable space per family: every family's own fields, some as ranges or choices.
-SPACES: dict[str, dict] = {
-    "constant": {"family": "constant", "lr": {"low": 1e-3, "high": 1.0, "log": True}},
-    "step": {"family": "step", "lr": {"low": 0.01, "high": 0.5, "log": True}, "step_size": {"low": 1.0, "high": 4.0},
-             "gamma": {"choices": [0.1, 0.5]}},
-    "multistep": {"family": "multistep", "lr": 0.1, "milestones": [{"low": 2, "high": 6}, {"low": 4, "high": 9}],
-                  "gamma": {"low": 0.05, "high": 0.5}},
-    "exponential": {"family": "exponential", "lr": 0.1, "gamma": {"low": 0.5, "high": 0.99}},
-    "linear": {"family": "linear", "lr": {"low": 0.01, "high": 0.5, "log": True},
-               "eta_min": {"low": 0.0, "high": 0.001}},
-    "cosine": {"family": "cosine", "lr": {"low": 0.01, "high": 0.5, "log": True}, "eta_min": 0.0,
-               "warmup": {"epochs": {"low": 0.5, "high": 2.0}, "start_factor": {"low": 0.0, "high": 0.5}}},
-    "sgdr": {"family": "sgdr", "lr": 0.1, "t_0": {"low": 0.5, "high": 3.0}, "t_mult": {"low": 1.0, "high": 2.5},
-             "eta_min": {"low": 0.0, "high": 0.001}},
-    "cyclic": {"family": "cyclic", "base_lr": {"low": 1e-4, "high": 1e-3, "log": True},
-               "max_lr": {"low": 0.01, "high": 0.1, "log": True}, "step_size_up": {"low": 0.5, "high": 3.0},
-               "step_size_down": {"choices": [None, 1.0]},
-               "mode": {"choices": ["triangular", "triangular2", "exp_range"]},
-               "gamma": {"low": 0.5, "high": 1.0}, "cycle_momentum": {"choices": [True, False]}},
-    "onecycle": {"family": "onecycle", "max_lr": {"low": 0.01, "high": 1.0, "log": True},
-                 "pct_start": {"low": 0.1, "high": 0.5}, "div_factor": {"low": 5.0, "high": 50.0},
-                 "final_div_factor": {"low": 10.0, "high": 1e4, "log": True},
-                 "anneal_strategy": {"choices": ["cos", "linear"]}, "three_phase": {"choices": [False, True]},
-                 "base_momentum": {"low": 0.8, "high": 0.85}, "max_momentum": {"low": 0.9, "high": 0.95}},
-    "rex": {"family": "rex", "lr": {"low": 0.01, "high": 0.5, "log": True}, "alpha": {"choices": [0.5, 0.9]}},
-    "autodecay": {"family": "autodecay", "lr": {"low": 0.01, "high": 0.5, "log": True},
-                  "beta": {"low": 0.8, "high": 0.95},
-                  "window": {"low": 2, "high": 6}, "tolerance": {"low": 0.005, "high": 0.05},
-                  "zeta": {"low": 0.8, "high": 0.95}, "gamma": {"low": 0.05, "high": 0.3}, "eps": 1e-8},
-}
-
 # A concrete example per family, for the contract tests.
 EXAMPLES: dict[str, dict] = {
     "constant": {"family": "constant", "lr": 0.1},
@@ -151,74 +119,12 @@ def test_list_fields_are_sampled_increasing() -> None:
         trace(concrete, EPOCHS, SPE)
 
 
-INVALID = [
-    ({"family": "constant", "lr": -0.1}, ("lr",)),
-    ({"family": "cosine", "lr": {"low": -1.0, "high": 1.0}}, ("lr",)),
-    ({"family": "cosine", "lr": 0.01, "eta_min": 0.1}, ("eta_min",)),
-    ({"family": "step", "lr": 0.1, "step_size": 0}, ("step_size",)),
-    ({"family": "step", "lr": 0.1, "step_size": 0.001}, ("step_size",)),
-    ({"family": "multistep", "lr": 0.1, "milestones": [6, 3]}, ("milestones", 1)),
-    ({"family": "multistep", "lr": 0.1, "milestones": [3, -1]}, ("milestones", 1)),
-    ({"family": "exponential", "lr": 0.1, "gamma": 1.5}, ("gamma",)),
-    ({"family": "sgdr", "lr": 0.1, "t_0": 1, "t_mult": 0.5}, ("t_mult",)),
-    ({"family": "sgdr", "lr": 0.1, "t_0": {"low": 1, "high": 2}, "t_mult": {"low": 0.9, "high": 2.0}}, ("t_mult",)),
-    ({"family": "cyclic", "base_lr": 0.1, "max_lr": 0.01, "step_size_up": 1}, ("base_lr",)),
-    ({"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "mode": "sawtooth"}, ("mode",)),
-    ({"family": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "cycle_momentum": True,
-      "base_momentum": 0.95, "max_momentum": 0.9}, ("base_momentum",)),
-    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 1.2}, ("pct_start",)),
-    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 0.0}, ("pct_start",)),
-    ({"family": "onecycle", "max_lr": 0.1, "pct_start": {"low": 0.2, "high": 1.0}}, ("pct_start",)),
-    ({"family": "onecycle", "max_lr": 0.1, "pct_start": 0.7, "three_phase": True}, ("pct_start",)),
-    ({"family": "onecycle", "max_lr": 0.1, "anneal_strategy": "exp"}, ("anneal_strategy",)),
-    ({"family": "rex", "lr": 0.1, "alpha": 1.0}, ("alpha",)),
-    ({"family": "autodecay", "lr": 0.1, "window": 0}, ("window",)),
-    ({"family": "autodecay", "lr": 0.1, "zeta": 1.5}, ("zeta",)),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 10}}, ("warmup", "epochs")),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": {"low": 1, "high": 12}}}, ("warmup", "epochs")),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "start_factor": 2}}, ("warmup", "start_factor")),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": 1, "ramp": "linear"}}, ("warmup", "ramp")),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"start_factor": 0.1}}, ("warmup", "epochs")),
-    ({"family": "cosine", "effective_lr": 1.0}, ("momentum",)),
-    ({"family": "constant", "lr": 10**400}, ("lr",)),  # beyond any float: a 422, not an OverflowError
-    ({"family": "constant", "lr": {"low": 10**400, "high": 10**401}}, ("lr", "low")),
-    ({"family": "autodecay", "lr": 0.1, "window": {"low": 2, "high": 5, "step": 1.5}}, ("window", "step")),
-    ({"family": "multistep", "lr": 0.1, "milestones": []}, ("milestones",)),
-    ({"family": "phases", "phases": [{"lr": 0.1}], "transition_epochs": 2}, ("transition_epochs",)),
-    ({"family": "autodecay", "effective_lr": 0.1, "momentum": {"choices": [None, 0.9]}}, ("momentum",)),
-    ({"family": "cosine", "lr": 0.5, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
-    ({"family": "onecycle", "max_lr": 0.1, "effective_lr": 1.0, "momentum": 0.9}, ("effective_lr",)),
-    ({"family": "cosine", "effective_lr": -1.0, "momentum": 0.9}, ("effective_lr",)),
-    ({"family": "cosine", "lr": 0.1, "t_0": 1}, ("t_0",)),
-    ({"family": "cosine"}, ("lr",)),
-    ({"family": "phases", "phases": [{"lr": 0.5}, {"family": "cosine", "lr": -1}], "transition_epochs": [5]},
-     ("phases", 1, "lr")),
-    ({"choices": [{"family": "cosine", "lr": 0.1}, {"family": "sgdr", "lr": 0.1, "t_0": 1, "t_mult": 0.5}]},
-     ("choices", 1, "t_mult")),
-]
-
-
 @pytest.mark.parametrize(("space", "loc"), INVALID, ids=[f"{s.get('family', 'choices')}-{'.'.join(map(str, loc))}"
                                                           for s, loc in INVALID])
 def test_invalid_spec_names_the_field(space: dict, loc: tuple) -> None:
     with pytest.raises(SpecError) as err:
         validate_schedule(space, EPOCHS, SPE)
     assert err.value.loc[: len(loc)] == loc, err.value
-
-
-UNIT_ERRORS = [
-    # A unit is the model's own LR scale: an unknown one, or one on anything but a learning rate, is refused here.
-    ({"family": "constant", "lr": {"low": 0.1, "high": 0.5, "unit": "furlongs"}}, ("lr", "unit")),
-    ({"family": "constant", "lr": 0.1, "momentum": {"low": 0.1, "high": 0.5, "unit": "lr_crit"}},
-     ("momentum", "unit")),
-    ({"family": "step", "lr": 0.1, "step_size": {"low": 1, "high": 2, "unit": "lr_crit"}}, ("step_size", "unit")),
-    ({"family": "multistep", "lr": 0.1, "milestones": [2, {"low": 3, "high": 4, "unit": "lr_div"}]},
-     ("milestones", 1, "unit")),
-    ({"family": "cosine", "lr": 0.1, "warmup": {"epochs": {"low": 1, "high": 2, "unit": "lr_crit"}}},
-     ("warmup", "epochs", "unit")),
-    ({"family": "phases", "phases": [{"lr": 0.5}, {"lr": 0.1}],
-      "transition_epochs": [{"low": 2, "high": 5, "unit": "lr_crit"}]}, ("transition_epochs", 0, "unit")),
-]
 
 
 @pytest.mark.parametrize(("space", "loc"), UNIT_ERRORS, ids=[".".join(map(str, loc)) for _, loc in UNIT_ERRORS])

@@ -12,30 +12,15 @@ from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import sweep_stale_trials
 from phasetune.workers.searcher import OptunaStudySearcher
 from phasetune.workers.spec import TRIAL_CONFIG
-
-SPEC = {
-    "name": "searcher",
-    "workload": {"name": "quadratic", "params": {}},
-    "epochs": 3,
-    "objective": {"metric": "val_loss", "direction": "minimize"},
-    "schedule": {"family": "constant", "lr": {"low": 0.01, "high": 1.0, "log": True}},
-    "n_trials": 3,
-    "sampler": {"name": "random", "seed": 0},
-}
+from tests.factories import QUADRATIC_SPEC, handle_for
 
 
 @pytest.fixture
 def handle(storage_url):
     migrate(storage_url)
     study = optuna.create_study(study_name="searcher", storage=storage_url)
-    study.set_user_attr(study_attrs.SPEC, SPEC)
+    study.set_user_attr(study_attrs.SPEC, QUADRATIC_SPEC)
     return StudyHandle(storage_url, "searcher")
-
-
-def _handle_for(storage_url: str, name: str, **overrides) -> StudyHandle:
-    study = optuna.create_study(study_name=name, storage=storage_url)
-    study.set_user_attr(study_attrs.SPEC, {**SPEC, "name": name, **overrides})
-    return StudyHandle(storage_url, name)
 
 
 def _result(epoch: int, value: float, done: bool = False) -> dict:
@@ -136,7 +121,7 @@ def test_an_invalid_sample_fails_its_trial_not_the_study(storage_url):
     """eta_min <= lr is a cross-field rule the space's corners pass; samples that break it end FAIL, named."""
     migrate(storage_url)
     cosine = {"family": "cosine", "lr": {"low": 0.01, "high": 1.0, "log": True}, "eta_min": {"low": 0.0, "high": 0.1}}
-    handle = _handle_for(storage_url, "cosine", schedule=cosine, n_trials=12)
+    handle = handle_for(storage_url, "cosine", schedule=cosine, n_trials=12)
     searcher = OptunaStudySearcher(handle)
     started = []
     while (config := searcher.suggest(f"t{len(started)}")) != Searcher.FINISHED:
@@ -167,10 +152,10 @@ def test_a_trials_own_error_ends_it_fail_with_the_reason(handle):
 
 def test_trials_share_the_studys_seeds_unless_asked_otherwise(storage_url):
     migrate(storage_url)
-    shared = OptunaStudySearcher(_handle_for(storage_url, "shared", seed=7))
+    shared = OptunaStudySearcher(handle_for(storage_url, "shared", seed=7))
     configs = [shared.suggest(f"t{i}")[TRIAL_CONFIG] for i in range(3)]
     assert [c.seeds.as_attrs() for c in configs] == [{"data": 7, "init": 7, "batch_order": 7}] * 3
-    per_trial = OptunaStudySearcher(_handle_for(storage_url, "robust", seed=7,
+    per_trial = OptunaStudySearcher(handle_for(storage_url, "robust", seed=7,
                                                 seed_policy={"init": "trial", "batch_order": "study"}))
     configs = [per_trial.suggest(f"t{i}")[TRIAL_CONFIG] for i in range(3)]
     assert {c.seeds.data for c in configs} == {7} and {c.seeds.batch_order for c in configs} == {7}
@@ -186,7 +171,7 @@ def test_a_driver_whose_spec_no_longer_parses_fails_the_study_with_the_reason(st
     from phasetune.workers.tune_run import run_study
 
     migrate(storage_url)
-    handle = _handle_for(storage_url, "unparseable", epochs="many")
+    handle = handle_for(storage_url, "unparseable", epochs="many")
     stale = optuna.load_study(study_name="unparseable", storage=storage_url).ask()  # a previous driver's trial
     assert run_study(handle, str(tmp_path)) is StudyStatus.FAILED
     study = optuna.load_study(study_name="unparseable", storage=storage_url)

@@ -11,6 +11,7 @@ from phasetune.search_spaces import build_plan, trace
 from phasetune.search_spaces.phased import realised_momentum
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload
+from tests.factories import BRANCHES
 
 TWO_PHASE = {
     "family": "phases",
@@ -57,23 +58,6 @@ def test_realised_momentum_reads_sgd_and_adam():
     params = [torch.nn.Parameter(torch.zeros(1))]
     assert realised_momentum(torch.optim.SGD(params, lr=0.1, momentum=0.7)) == pytest.approx(0.7)
     assert realised_momentum(torch.optim.Adam(params, lr=0.1, betas=(0.6, 0.99))) == pytest.approx(0.6)
-
-
-PHASE1 = {"lr": 0.3, "momentum": 0.0}
-BRANCHES = {
-    # (the run that writes the checkpoint, the branch that resumes from it, the epoch index it is taken at)
-    "2-phase": ({"family": "phases", "transition_epochs": [2],
-                 "phases": [PHASE1, {"lr": 0.01, "momentum": 0.95, "weight_decay": 1e-4}]},
-                {"family": "phases", "transition_epochs": [2],
-                 "phases": [PHASE1, {"family": "cosine", "lr": 0.05, "momentum": 0.9}]}, 1),
-    "3-phase": ({"family": "phases", "transition_epochs": [1, 3],
-                 "phases": [PHASE1, {"lr": 0.1, "momentum": 0.5, "keep_optimizer_state": True},
-                            {"lr": 0.01, "momentum": 0.9}]},
-                {"family": "phases", "transition_epochs": [1, 3],
-                 "phases": [PHASE1, {"lr": 0.1, "momentum": 0.5, "keep_optimizer_state": True},
-                            {"family": "linear", "lr": 0.02, "momentum": 0.9, "keep_optimizer_state": True}]}, 2),
-    # (the branch's last phase keeps the momentum buffers the checkpoint carries)
-}
 
 
 @pytest.mark.parametrize("name", sorted(BRANCHES))

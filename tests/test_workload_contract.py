@@ -20,7 +20,7 @@ from phasetune.workers.workloads import (
     steps_per_epoch,
     workloads,
 )
-from tests.data_helpers import make_image_folder, make_npz
+from tests.factories import make_image_folder, make_npz
 
 BUILT_IN = {"ps10", "digits", "quadratic", "fashion_mnist", "npz", "image_folder"}
 

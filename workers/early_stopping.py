@@ -39,6 +39,7 @@ from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.errors import RuleError
 from phasetune.search_spaces.families.base import Interval, integral
 from phasetune.search_spaces.params import finite
+from phasetune.workers.results import LARGE_STEP  # an epoch's result key (owned with the others)
 
 RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
 DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoch, score, reason, ...}
@@ -47,7 +48,6 @@ COOLDOWN_ATTR = "cooldown"  # what a trial's cooldown probes cost: {probes, step
 COOLDOWN_PREFIX = "cooldown_"  # the probe's metrics in an epoch's result: cooldown_val_loss, cooldown_steps, ...
 COOLDOWN_STEPS = COOLDOWN_PREFIX + "steps"  # an epoch's result: the optimizer steps its probe took
 COOLDOWN_SECONDS = COOLDOWN_PREFIX + "seconds"
-LARGE_STEP = "large_step_phase"  # an epoch's result: its last step was inside a large-step phase
 INITIAL_LOSS = "initial_loss"  # epoch 0's result: the loss of the first batch before any step
 
 

@@ -13,6 +13,7 @@ LAST_EPOCH = "last_epoch"  # true on the trial's last epoch: it trained to the e
 TRIAL_ERROR = "trial_error"  # the exception the trial raised (deterministic: it is not retried)
 WORKER = "worker"  # JSON: the warm worker process that ran it ({"pid", "trial", "data", "model"})
 SCHEDULE_ATTRS = "schedule_attrs"  # JSON: what the plan adds to the trial's user attrs at its end
+LARGE_STEP = "large_step_phase"  # its last step was inside a large-step phase (early stopping reads it)
 REUSED = "reused"  # true on an epoch copied from the checkpoint the trial branched from (not trained again)
 BRANCH = "branch"  # JSON: the trial's use of the checkpoint store (``phasetune.workers.branching.TrialBranch.summary``)
 TIME_TOTAL_S = "time_total_s"  # Tune's own: seconds since the trial (this run of it) began

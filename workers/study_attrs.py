@@ -11,8 +11,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from phasetune.workers.early_stopping import LARGE_STEP
-from phasetune.workers.results import REUSED
+from phasetune.workers.results import LARGE_STEP, REUSED
 
 # Study user attrs.
 SPEC = "phasetune:spec"  # StudySpec.to_dict(): a study without it is not phasetune's

@@ -352,7 +352,8 @@ def _hessian_blocks(out: torch.Tensor, loss_kind: str) -> list[torch.Tensor]:
 
 def _sqrt_psd(h: torch.Tensor) -> torch.Tensor:
     evals, evecs = torch.linalg.eigh(h)
-    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    root: torch.Tensor = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T  # (torch types eigh's halves as Any)
+    return root
 
 
 @contextlib.contextmanager
@@ -391,7 +392,8 @@ def _probe_mode(
 
         def f(params: Params) -> torch.Tensor:
             reseed()
-            return functional_call(model, (params, buffers), (inputs,))
+            out: torch.Tensor = functional_call(model, (params, buffers), (inputs,))  # (typed Any by torch)
+            return out
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             yield f

@@ -1,0 +1,1 @@
+"""phasetune's revisions, oldest first by ``down_revision`` (Alembic skips this file)."""

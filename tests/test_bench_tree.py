@@ -1,0 +1,153 @@
+"""The tabulated schedule tree (bench/tree_table.py) and its simulation and pre-checks (bench/tree_sim.py), on a
+tiny table built through the real training loop, checkpoint store and resume (issue 23, step 1)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from phasetune.search_spaces import build_plan
+from phasetune.workers.early_stopping import COOLDOWN_PREFIX, EarlyStopping, Policy, ProbeSchedule
+from phasetune.workers.seeding import Seeds
+from phasetune.workers.train import train
+from phasetune.workers.workloads import build_workload
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))  # appended: a bench script's name never shadows an installed module
+
+import tree_sim  # noqa: E402
+import tree_table  # noqa: E402
+
+EPOCHS = 6
+GRID = {"phase1_lr": [0.2, 0.6], "transitions": [2, 4], "phase2_effective_lr": [0.01], "phase2_momentum": [0.9]}
+SEEDS = 2
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("tree") / "digits.json.gz"
+    setup = tree_table.make_setup("digits", {}, tree_table.Grid.parse(GRID, EPOCHS), EPOCHS)
+    return path, tree_table.build(setup, range(SEEDS), path)
+
+
+def probes() -> ProbeSchedule:
+    return ProbeSchedule(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS)
+
+
+def strip(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.endswith("seconds")}
+
+
+def test_a_table_leaf_is_what_the_same_schedule_reports_from_scratch(table):
+    path, document = table
+    meta = document["meta"]
+    grid = tree_table.Grid.parse(meta["space"], EPOCHS)
+    assert meta["seeds"] == [0, 1] and meta["workload"] == "digits" and meta["seconds"] > 0
+    assert "tree_table.py" in meta["command"] and len(meta["commit"] or "") == 40
+    for seed in range(SEEDS):
+        entry = document["seeds"][str(seed)]
+        assert len(entry["trunks"]) == 2 and len(entry["leaves"]) == len(grid.configs()) == 4
+        for trunk in entry["trunks"]:  # a probe after every epoch of the trunk, up to the last transition
+            assert len(trunk["history"]) == 4 and all(COOLDOWN_PREFIX + "val_accuracy" in r for r in trunk["history"])
+        for c, config in enumerate(grid.configs()):
+            workload = build_workload("digits", {}, Seeds.shared(seed))
+            plan = build_plan(grid.schedule(*config, EPOCHS, entry["units"]), EPOCHS, workload.steps_per_epoch)
+            live = train(workload, plan, EPOCHS, order_seed=seed, probes=probes())
+            assert [strip(r) for r in tree_table.trial_history(entry, c, probes=probes())] == \
+                [strip(r) for r in live]  # bit-identical, the live probes included
+            plain = tree_table.trial_history(entry, c)
+            assert not any(k.startswith(COOLDOWN_PREFIX) for r in plain for k in r)
+    with gzip.open(path, "rt") as source:
+        assert json.load(source)["format"] == tree_table.FORMAT
+
+
+def test_the_bench_prints_prechecks_first_and_writes_the_issues_json(table, tmp_path, capsys):
+    path, _ = table
+    out = tmp_path / "sim.json"
+    document = tree_sim.main(["--workload", "digits", "--epochs", str(EPOCHS), "--seeds", str(SEEDS),
+                              "--sampler-seeds", "2", "--trials", "3", "--table", str(path), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert printed.index("pre-checks") < printed.index("summary over")
+    written = json.loads(out.read_text())
+    assert set(written["prechecks"]) == {"P1", "P2", "P3", "P4"}
+    assert all(isinstance(p["ok"], bool) for p in written["prechecks"].values())
+    assert set(written["summary"]) == set(tree_sim.METHODS)
+    for row in written["summary"].values():
+        assert {"speedup_vs_full", "speedup_vs_naive", "final_regret", "reach", "p_stop_top5",
+                "probe_share"} <= set(row)
+    # 4 configurations: the top 5% is one per seed, met in ~2.5 random trials: no headroom, so no speed-ups.
+    assert not written["prechecks"]["P2"]["ok"] and "no speed-ups: pre-check" in printed
+    assert all(row["speedup_vs_full"] is None for row in written["summary"].values())
+    assert written["summary"]["full"]["probe_share"] == 0 < written["summary"]["schedule_aware"]["probe_share"]
+    assert document["summary"]["full"]["p_stop_top5"] == 0.0
+
+
+def synthetic(finals: list[float], late: int | None = None) -> tree_sim.SeedGrid:
+    """A seed whose configuration i rises linearly to finals[i]; ``late`` stays at 0.1 until its last epoch."""
+    histories = []
+    for i, final in enumerate(finals):
+        curve = [0.1] * (EPOCHS - 1) + [final] if i == late else [final * (e + 1) / EPOCHS for e in range(EPOCHS)]
+        histories.append([{"epoch": e, "train_loss": 1.0, "val_accuracy": v, "last_epoch": e == EPOCHS - 1,
+                           "large_step_phase": False} for e, v in enumerate(curve)])
+    grid = np.array(finals)
+    ordered = np.sort(grid)[::-1]
+    return tree_sim.SeedGrid(0, histories, histories, grid, np.zeros(len(finals), bool),
+                             float(ordered[max(1, math.ceil(0.05 * len(finals))) - 1]), float(ordered[0]),
+                             float(np.median(grid)))
+
+
+def test_asha_stops_a_late_blooming_best_and_full_does_not():
+    finals = [0.5 + 0.01 * i for i in range(20)]  # configuration 19 is the best (the top 5% of 20)
+    grid = synthetic(finals, late=19)
+    sim = tree_sim.Sim(EPOCHS, 40, "val_accuracy", 1.0, 10)
+    asha = tree_sim.simulate("asha", grid, 0, sim)
+    full = tree_sim.simulate("full", grid, 0, sim)
+    assert asha.seen_top >= 1 and tree_sim.p_stop_top5([asha]) > 0.5
+    assert tree_sim.p_stop_top5([full]) == 0.0 and full.completed == 40 and full.spent == sim.budget
+    assert grid.regret(full.best) == 0.0
+    assert asha.trials > full.trials  # it stopped trials, so the budget ran more of them
+
+
+def test_speedup_reads_the_median_curves_at_fulls_final_regret():
+    budget = 100
+    full = np.tile(np.where(np.arange(budget) < 79, 1.0, 0.2), (4, 1))  # reaches 0.2 after 80 epochs
+    fast = np.tile(np.where(np.arange(budget) < 19, 1.0, 0.1), (4, 1))  # after 20
+    never = np.full((4, budget), math.inf)
+    figures = tree_sim.speedups({"full": full, "fast": fast, "never": never}, naive="fast")
+    assert figures["fast"]["vs_full"] == 4.0 and figures["never"]["vs_full"] == 0.0
+    assert figures["full"]["vs_naive"] == 0.25 and figures["never"]["vs_naive"] == 0.0
+
+
+def test_the_target_is_the_seeds_own_top_five_percent():
+    grid = synthetic([float(i) for i in range(40)])
+    assert grid.target == 38.0 and grid.top.sum() == 2  # ceil(5% of 40) = the 2nd best
+    assert grid.regret(39.0) == 0.0 and grid.regret(grid.median) == 1.0 and math.isinf(grid.regret(-math.inf))
+    p2 = tree_sim.precheck_p2([grid], [], EPOCHS)
+    assert p2["expected_full_trials"] == pytest.approx(41 / 3) and not p2["ok"]
+
+
+def test_a_build_keeps_the_seeds_its_table_holds_and_tables_of_disjoint_seeds_merge(table, tmp_path):
+    path, document = table
+    setup = tree_table.make_setup("digits", {}, tree_table.Grid.parse(GRID, EPOCHS), EPOCHS)
+    again = tree_table.build(setup, range(SEEDS), path)  # nothing left to train: the table as it was
+    assert again["seeds"] == document["seeds"]
+    halves = []
+    for seed in range(SEEDS):
+        half = tmp_path / f"seed{seed}.json.gz"
+        tree_table.save(half, {**document["meta"], "seconds": 1.0}, {seed: document["seeds"][str(seed)]})
+        halves.append(half)
+    merged = tree_table.merge(halves, tmp_path / "merged.json.gz")
+    assert merged["meta"]["seeds"] == [0, 1] and merged["seeds"] == document["seeds"]
+    assert merged["meta"]["seconds"] == 2.0
+    other = tmp_path / "other.json.gz"
+    tree_table.save(other, {**document["meta"], "epochs": EPOCHS + 1}, {})
+    with pytest.raises(ValueError, match="another workload"):
+        tree_table.merge([halves[0], other], tmp_path / "bad.json.gz")

@@ -111,7 +111,9 @@ torch_version="$(sed -n 's/^ARG TORCH_VERSION=//p' "$REPO/docker/Dockerfile")"
 torch_index="$(sed -n 's/^ARG TORCH_INDEX_URL=//p' "$REPO/docker/Dockerfile")"
 if ! curl -sf --max-time 20 -o /dev/null "$torch_index/torch/"; then
     wheel=""
-    for dir in ${PIP_FIND_LINKS:-} "$REPO/docker/wheels"; do
+    # pip's find-links from the environment or from pip's own configuration (pip.conf), then docker/wheels/.
+    for dir in ${PIP_FIND_LINKS:-} $("$REPO/.venv/bin/pip" config get global.find-links 2>/dev/null) \
+               "$REPO/docker/wheels"; do
         wheel="$(ls "$dir"/torch-"$torch_version"+cpu-cp311-*.whl 2>/dev/null | head -n 1)" && [ -n "$wheel" ] && break
     done
     [ -n "$wheel" ] || missing "$torch_index does not answer and no torch-$torch_version+cpu wheel in \$PIP_FIND_LINKS"

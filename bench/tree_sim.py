@@ -1,5 +1,5 @@
 """Simulate search methods over a tabulated schedule tree (``bench/tree_table.py``), after checking the premise
-(issue 23, step 1: the pre-checks, with today's methods simulated; the tree itself is step 2).
+(issue 23: step 1, the pre-checks with today's methods simulated; step 2, the tree).
 
 Each method runs over the table exactly as it runs live, one trial after another: every trial's epoch results
 are what a live trial of its configuration reports (``tree_table.trial_history``: the same metrics, and the
@@ -13,6 +13,12 @@ finite training loss; the incumbent is the best such final value so far.
   ``schedule_aware``: today's policy (cooldown probes, no judgement inside the large-step phase), a reference
   until the tree retires it; ``top1epoch``: ``search_efficiency.top1_sizes`` one-epoch evaluations, the best
   continued (retraining from scratch is exact, so only epochs past the first are charged).
+- ``tree``: the schedule tree (``run_tree``; ``bench/tree_policy.py`` takes every decision, with its defaults on
+  every workload): each distinct prefix (a trunk) trained once per run, lazily, probed once at each transition
+  candidate it reaches; a trial is a leaf resumed from its trunk's checkpoint. Trunk epochs are charged once per
+  run, reused epochs are free, probes are charged. Its goals (issue 23) are printed as met / NOT met, beside a
+  reference: an oracle with the tree's sharing that stops, for free, every trial that would not improve the
+  incumbent (``run_oracle``).
 - Sampler: random search, the same configuration stream for every method (paired): per (data seed, sampler
   seed) a random permutation of the grid, then another, and so on. (``branching`` is left out: it needs TPE's
   top trials and is retired by the tree; TPE over the table is not simulated here.)
@@ -49,7 +55,7 @@ Pre-checks, printed from the table before any ratio (a failed one says so, and r
   with its lower bound > 0. A failure rules out the tree's prefix decisions (step 2).
 
 Run: ``.venv/bin/python bench/tree_sim.py --workload ps10 --params '{"noise": 0.1}' [--epochs 12] [--seeds 10]
-[--sampler-seeds 5] [--trials 40] [--methods full,median,asha,top1epoch,schedule_aware] [--json OUT]``. The table:
+[--sampler-seeds 5] [--trials 40] [--methods full,median,asha,top1epoch,schedule_aware,tree] [--json OUT]``. The table:
 ``--table PATH``, or the one under ``bench/tables`` built for that workload, params, space (``--space`` a grid
 JSON file, ``tree_table.Grid``) and epochs with at least ``--seeds`` seeds; none: it is built there first
 (``--workers`` processes).
@@ -75,6 +81,7 @@ import numpy as np
 import tree_table
 from scipy.stats import spearmanr
 from search_efficiency import jsonable, ok, percentile, top1_sizes
+from tree_policy import TreeOptions, TreePolicy, leaf_rungs
 
 from phasetune.search_spaces import SpecError
 from phasetune.workers.early_stopping import (
@@ -87,7 +94,7 @@ from phasetune.workers.early_stopping import (
 )
 from phasetune.workers.workloads import workloads
 
-METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware")
+METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "tree")
 POLICIES = {"full": Policy.NONE, "median": Policy.MEDIAN, "asha": Policy.ASHA,
             "schedule_aware": Policy.SCHEDULE_AWARE}
 NAIVE = ("median", "asha")
@@ -117,6 +124,7 @@ class SeedGrid:
     target: float  # signed top-5% level
     best: float
     median: float
+    entry: Mapping[str, Any] | None = None  # the table's seed (trunks and leaves): what the tree reads
     top: np.ndarray = field(init=False)  # bool: at or above the target
 
     def __post_init__(self) -> None:
@@ -152,7 +160,7 @@ def seed_grid(table: Mapping[str, Any], seed: int, metric: str, sign: float) -> 
     ordered = np.sort(finals)[::-1]
     target = float(ordered[max(1, math.ceil(TOP_SHARE * n)) - 1])
     return SeedGrid(seed, histories, probed, finals, np.array([v is None for v in values]), target,
-                    float(ordered[0]), float(np.median(finals)))
+                    float(ordered[0]), float(np.median(finals)), entry)
 
 
 # ---- the methods --------------------------------------------------------------------------------------------------
@@ -173,6 +181,9 @@ class Run:
     stopped_top: int = 0  # trials of top-5% configurations a decision stopped
     seen_top: int = 0  # trials of top-5% configurations that got a decision (stopped, or went on to the end)
     best: float = -math.inf
+    stops: dict[str, int] = field(default_factory=dict)  # the tree's stops by kind (prefix, leaf, diverged)
+    first_stop: float = math.inf  # epochs spent when the tree's first gated stop came (its gates' warm-up)
+    top_stops: dict[str, int] = field(default_factory=dict)  # the tree's stops of top-5% trials, by kind
 
     def complete(self, signed: float) -> None:
         self.completed += 1
@@ -256,6 +267,121 @@ def run_top1epoch(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
     return run
 
 
+def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
+    """The schedule tree (``tree_policy`` decides), one trial after another on the paired stream.
+
+    A trial (a configuration: a leaf) needs its trunk's prefix up to its transition t. The trunk grows lazily, only
+    as far as a leaf needs it: only epochs it has not trained yet are charged (a prefix is trained once per run,
+    however many leaves use it), and it is probed once at each transition candidate it reaches (charged once, the
+    table's probe steps). At each candidate r <= t the prefix decision is taken; then the leaf resumes from the
+    trunk's checkpoint at t (its own epochs charged) with the leaf decisions at its depths after the decay. A
+    diverged trunk stops every leaf that needs it past its divergence, at no further cost. A run ends when its
+    budget is spent, or when a whole pass over the grid spent nothing (every configuration is stopped for free)."""
+    if grid.entry is None:
+        raise ValueError("the tree reads the table's trunks and leaves: SeedGrid.entry is missing")
+    trunks = [trunk["history"] for trunk in grid.entry["trunks"]]
+    leaves = grid.entry["leaves"]
+    candidates = sorted({int(leaf["transition_epoch"]) for leaf in leaves})
+    policy = TreePolicy(sim.tree, sim.epochs)
+    grown = [0] * len(trunks)  # epochs each trunk has trained
+    probed: set[tuple[int, int]] = set()
+    run = Run(grid.seed, sampler_seed)
+    configs = stream(len(grid.finals), grid.seed, sampler_seed)
+    idle = 0  # consecutive trials that spent nothing
+
+    def over() -> bool:
+        return run.spent >= sim.budget - 1e-9
+
+    while not over() and idle < len(grid.finals):
+        c = next(configs)
+        number, run.trials, before = run.trials, run.trials + 1, run.spent
+        i, t = int(leaves[c]["trunk"]), int(leaves[c]["transition_epoch"])
+        trunk, history = trunks[i], grid.histories[c]
+        stop: str | None = None
+        cut = False
+        for r in (r for r in candidates if r <= t):
+            while grown[i] < min(r, len(trunk)) and not over() and not (grown[i] and trunk[grown[i] - 1]["last_epoch"]):
+                grown[i] += 1
+                run.spent += 1.0
+            last = trunk[grown[i] - 1] if grown[i] else None
+            if last is not None and grown[i] <= r and policy.diverged(last, sim.metric) is not None:
+                stop = "diverged"  # the trunk diverged inside this prefix: every leaf that needs it stops at once
+                break
+            if grown[i] < r:
+                cut = True  # the budget ran out while the trunk grew
+                break
+            probe = trunk[r - 1].get(COOLDOWN_PREFIX + sim.metric)
+            if probe is None or not math.isfinite(probe):
+                raise ValueError(f"seed {grid.seed}: trunk {i} has no finite probe after {r} epochs")
+            if (i, r) not in probed:
+                probed.add((i, r))
+                steps = trunk[r - 1][COOLDOWN_STEPS] / sim.steps_per_epoch
+                run.probe += steps
+                run.spent += steps
+                policy.record_probe(i, r, sim.sign * probe)
+            if policy.prefix(i, r).stop:
+                stop = "prefix"
+                break
+        signals: dict[int, float] = {}
+        if stop is None and not cut:
+            rungs = set(leaf_rungs(sim.epochs, t, sim.tree))
+            for result in history[t:]:
+                if over():
+                    cut = True
+                    break
+                run.spent += 1.0
+                if policy.diverged(result, sim.metric) is not None:
+                    stop = "diverged"
+                    break
+                depth = int(result["epoch"]) + 1 - t
+                if depth in rungs and not result["last_epoch"]:
+                    signals[depth] = sim.sign * result[sim.metric]
+                    if policy.leaf(number, t, depth, signals[depth]).stop:
+                        stop = "leaf"
+                        break
+                if result["last_epoch"]:
+                    break
+        value = None if stop or cut else completed_value(history, sim.epochs, sim.metric)
+        if stop:
+            run.stops[stop] = run.stops.get(stop, 0) + 1
+            if stop != "diverged":
+                run.first_stop = min(run.first_stop, run.spent)
+        if grid.top[c] and not cut:
+            run.seen_top += 1
+            run.stopped_top += stop is not None
+            if stop:
+                run.top_stops[stop] = run.top_stops.get(stop, 0) + 1
+        if value is not None:
+            policy.complete(i, t, signals, sim.sign * value)
+            run.complete(sim.sign * value)
+        idle = idle + 1 if run.spent == before else 0
+    return run
+
+
+def run_oracle(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
+    """A reference for the tree's speed-up (not a method): the same stream and the tree's sharing, but every
+    configuration that would not improve the incumbent is stopped before it costs anything, and probes are free.
+    One pass over the grid suffices: after it the incumbent is the grid's best."""
+    if grid.entry is None:
+        raise ValueError("the oracle reads the table's trunks and leaves: SeedGrid.entry is missing")
+    leaves = grid.entry["leaves"]
+    grown = [0] * len(grid.entry["trunks"])
+    run = Run(grid.seed, sampler_seed)
+    configs = stream(len(grid.finals), grid.seed, sampler_seed)
+    for _ in range(len(grid.finals)):
+        c = next(configs)
+        run.trials += 1
+        i, t = int(leaves[c]["trunk"]), int(leaves[c]["transition_epoch"])
+        if grid.diverged[c] or grid.finals[c] <= run.best:
+            continue
+        run.spent += max(0, t - grown[i]) + (sim.epochs - t)
+        grown[i] = max(grown[i], t)
+        if run.spent > sim.budget + 1e-9:
+            break
+        run.complete(float(grid.finals[c]))
+    return run
+
+
 @dataclass(frozen=True)
 class Sim:
     epochs: int
@@ -263,6 +389,7 @@ class Sim:
     metric: str
     sign: float
     steps_per_epoch: int
+    tree: TreeOptions = TreeOptions()  # the tree's options: its defaults on every workload
 
     @property
     def budget(self) -> int:
@@ -270,6 +397,8 @@ class Sim:
 
 
 def simulate(method: str, grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
+    if method == "tree":
+        return run_tree(grid, sampler_seed, sim)
     if method == "top1epoch":
         return run_top1epoch(grid, sampler_seed, sim)
     return run_policy(method, grid, sampler_seed, sim)
@@ -578,16 +707,91 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         median = np.median(curves[m], axis=0)
         print(f"  {m:<15}" + "  ".join(fmt(float(median[max(0, round(q * sim.budget) - 1)]), '.3f')
                                        for q in CURVE_POINTS))
-    print("goals (issue 23): they are the tree's (step 2), not simulated here; these are the references it meets."
-          f"\nwall {time.perf_counter() - started:.0f} s")
+    reference: dict[str, Any] | None = None
+    if "tree" in args.methods:
+        tree_runs = runs["tree"]
+        stops = {k: sum(r.stops.get(k, 0) for r in tree_runs) / len(tree_runs) for k in ("prefix", "leaf", "diverged")}
+        top = {k: sum(r.top_stops.get(k, 0) for r in tree_runs) / len(tree_runs) for k in ("prefix", "leaf")}
+        oracle = np.stack([regret_curve(run_oracle(by_seed[r.seed], r.sampler_seed, sim), by_seed[r.seed], sim.budget)
+                           for r in runs["full"]])
+        oracle_budget = budget_to(np.median(oracle, axis=0), float(np.median(curves["full"][:, -1])))
+        first_stop = float(np.median([r.first_stop for r in tree_runs]))
+        reference = {"stops_per_run": stops, "top5_stops_per_run": top,
+                     "completed_per_run": summary["tree"]["completed_per_run"],
+                     "first_gated_stop_median_epochs": first_stop,
+                     "oracle_budget": oracle_budget, "oracle_vs_full": point["full"]["budget"] / oracle_budget}
+        print(f"tree: per run {stops['prefix']:.1f} trials stopped by a prefix decision, {stops['leaf']:.1f} by a "
+              f"leaf decision ({top['prefix']:.1f} and {top['leaf']:.1f} of them top-5%), {stops['diverged']:.1f} "
+              f"diverged, {reference['completed_per_run']:.1f} completed; the "
+              f"first gated stop after a median {fmt(first_stop, '.0f')} epochs (the gates' warm-up: no stop before "
+              f"{sim.tree.gate_min_pairs} completed leaves agree); reference, not a ceiling on every policy (an "
+              f"oracle with the tree's sharing that stops, for free, every trial that would not improve the "
+              f"incumbent): budget to r* {fmt(oracle_budget, '.0f')}, "
+              f"{fmt(reference['oracle_vs_full'], infinite='inf')}x vs full")
+        goals_met = tree_goals(summary, prechecks, naive, ruled_out)
+        print("goals (issue 23), the tree with its defaults " + json.dumps(asdict(sim.tree)) + ":")
+        for goal in goals_met:
+            print(f"  {goal['goal']}: {goal['figures']}: "
+                  f"{'ruled out' if goal['met'] is None else 'met' if goal['met'] else 'NOT met'}")
+        reference["goals"] = goals_met
+    print(f"wall {time.perf_counter() - started:.0f} s")
 
     document = {"settings": {k: v for k, v in vars(args).items() if k != "grid"}, "table": {"path": str(path),
-                **meta}, "naive": naive, "prechecks": prechecks, "summary": summary,
+                **meta}, "naive": naive, "prechecks": prechecks, "summary": summary, "tree": reference,
                 "median_regret_curves": {m: np.median(curves[m], axis=0).tolist() for m in args.methods}}
     if args.json:
         Path(args.json).write_text(json.dumps(jsonable(document), indent=1))
         print(f"wrote {args.json}")
     return document
+
+
+def tree_goals(summary: Mapping[str, Mapping[str, Any]], prechecks: Mapping[str, Any], naive: str | None,
+               ruled_out: Sequence[str]) -> list[dict[str, Any]]:
+    """The issue's goals for the tree, each met (True/False) or ruled out (None) with the figures it read."""
+    tree, full = summary["tree"], summary["full"]
+    out: list[dict[str, Any]] = []
+
+    def ratio(stats: Mapping[str, Any]) -> tuple[float, float | None]:
+        return stats["median"], stats["ci"][0]
+
+    if ruled_out:
+        out.append({"goal": "tree vs full >= 3x, lower bound > 1", "met": None,
+                    "figures": f"pre-check {' and '.join(ruled_out)} failed"})
+    else:
+        x, lo = ratio(tree["speedup_vs_full"])
+        out.append({"goal": "tree vs full >= 3x, lower bound > 1", "met": bool(x >= 3 and lo is not None and lo > 1),
+                    "figures": f"{fmt(x, infinite='inf')}x, lower bound {fmt(lo, infinite='inf')}"})
+    if ruled_out or naive is None:
+        out.append({"goal": "tree vs the better naive policy", "met": None,
+                    "figures": f"pre-check {' and '.join(ruled_out)} failed" if ruled_out else "median/asha not run"})
+    else:
+        x, lo = ratio(tree["speedup_vs_naive"])
+        if prechecks["P3"]["ok"]:
+            out.append({"goal": f"tree vs {naive} >= 1.5x, lower bound > 1 (P3 holds: the naive pruners fail)",
+                        "met": bool(x >= 1.5 and lo is not None and lo > 1),
+                        "figures": f"{fmt(x, infinite='inf')}x, lower bound {fmt(lo, infinite='inf')}"})
+        else:  # the reverse ratio's upper bound is 1 / the lower bound
+            upper = math.inf if not lo else 1 / lo
+            out.append({"goal": f"tree no worse than {naive} (P3 fails): the reverse ratio's upper bound < 1.1",
+                        "met": bool(upper < 1.1), "figures": f"upper bound {fmt(upper, infinite='inf')}"})
+    out.append({"goal": "final regret within 0.02 of full's", "met": bool(tree["final_regret"] <= full["final_regret"]
+                                                                          + 0.02),
+                "figures": f"{tree['final_regret']:.3f} vs full {full['final_regret']:.3f}"})
+    out.append({"goal": "reach >= full's - 0.05", "met": bool(tree["reach"] >= full["reach"] - 0.05),
+                "figures": f"{tree['reach']:.2f} vs full {full['reach']:.2f}"})
+    naive_stops = {m: summary[m]["p_stop_top5"] for m in NAIVE
+                   if m in summary and summary[m]["p_stop_top5"] is not None}
+    if naive_stops and tree["p_stop_top5"] is not None:
+        others = ", ".join(f"{m} {p:.2f}" for m, p in naive_stops.items())
+        out.append({"goal": "P(stop | top-5%) at most half the naive policies'",
+                    "met": bool(tree["p_stop_top5"] <= 0.5 * min(naive_stops.values())),
+                    "figures": f"{tree['p_stop_top5']:.2f} vs {others}"})
+    else:
+        out.append({"goal": "P(stop | top-5%) at most half the naive policies'", "met": None,
+                    "figures": "median/asha not run"})
+    out.append({"goal": "probes <= 5% of the epochs", "met": bool(tree["probe_share"] <= 0.05),
+                "figures": f"{100 * tree['probe_share']:.1f}%"})
+    return out
 
 
 def print_prechecks(prechecks: Mapping[str, Any]) -> None:

@@ -4,6 +4,7 @@ tiny table built through the real training loop, checkpoint store and resume (is
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import sys
@@ -88,6 +89,10 @@ def test_the_bench_prints_prechecks_first_and_writes_the_issues_json(table, tmp_
     assert all(row["speedup_vs_full"] is None for row in written["summary"].values())
     assert written["summary"]["full"]["probe_share"] == 0 < written["summary"]["schedule_aware"]["probe_share"]
     assert document["summary"]["full"]["p_stop_top5"] == 0.0
+    # The tree ran on the tiny table: its row, its probes (once per trunk and candidate), its goals line.
+    assert 0 < written["summary"]["tree"]["probe_share"] < 1 and written["summary"]["tree"]["trials_per_run"] > 0
+    assert printed.index("goals (issue 23)") > printed.index("summary over")
+    assert [g["met"] for g in written["tree"]["goals"][:2]] == [None, None]  # P2 failed: ruled out
 
 
 def synthetic(finals: list[float], late: int | None = None) -> tree_sim.SeedGrid:
@@ -151,3 +156,108 @@ def test_a_build_keeps_the_seeds_its_table_holds_and_tables_of_disjoint_seeds_me
     tree_table.save(other, {**document["meta"], "epochs": EPOCHS + 1}, {})
     with pytest.raises(ValueError, match="another workload"):
         tree_table.merge([halves[0], other], tmp_path / "bad.json.gz")
+
+
+# ---- the tree (issue 23, step 2) --------------------------------------------------------------------------------
+
+import tree_policy  # noqa: E402
+
+TRANSITIONS = (2, 4)
+
+
+def tree_seed(trunk_raw: list[float], probes: list[float], finals: dict[tuple[int, int, int], float],
+              diverged_trunk: int | None = None) -> tree_sim.SeedGrid:
+    """A synthetic table seed in tree_table's layout: trunk i reports ``trunk_raw[i]`` (+0.01 an epoch) and probes
+    ``probes[i]`` at every epoch; leaf (i, t, p) climbs to ``finals[i, t, p]`` after its decay at t (so a leaf's
+    rank at a depth is its final's rank). ``diverged_trunk`` ends with a NaN loss after its first epoch."""
+
+    def result(epoch: int, value: float, last: bool = False, loss: float = 1.0) -> dict[str, Any]:
+        return {"epoch": epoch, "train_loss": loss, "val_accuracy": value, "last_epoch": last,
+                "large_step_phase": False, COOLDOWN_PREFIX + "val_accuracy": value, COOLDOWN_PREFIX + "steps": 5}
+
+    trunks = []
+    for i, raw in enumerate(trunk_raw):
+        history = [{**result(e, raw + 0.01 * e), COOLDOWN_PREFIX + "val_accuracy": probes[i]}
+                   for e in range(TRANSITIONS[-1])]
+        if i == diverged_trunk:
+            history = [history[0], result(1, 0.1, last=True, loss=math.nan)]
+        trunks.append({"history": history})
+    leaves = []
+    for (i, k, p), final in sorted(finals.items()):
+        t = TRANSITIONS[k]
+        ended = i == diverged_trunk
+        leaves.append({"trunk": i, "transition": k, "transition_epoch": t, "phase2": p, "history": [] if ended else
+                       [result(e, final - 0.01 * (EPOCHS - 1 - e), last=e == EPOCHS - 1) for e in range(t, EPOCHS)]})
+    table = {"meta": {"epochs": EPOCHS}, "seeds": {"0": {"trunks": trunks, "leaves": leaves}}}
+    return tree_sim.seed_grid(table, 0, "val_accuracy", 1.0)
+
+
+def late_decay_seed() -> tree_sim.SeedGrid:
+    """Six trunks; trunk 5 (the large LR) is the worst on raw values before its decay but the best by its probe,
+    and its late-decay leaves (t = 4) end best: the top 5% of the 24 configurations."""
+    finals = {}
+    for i, k, p in itertools.product(range(6), range(2), range(2)):
+        late_best = 0.9 + 0.05 * p if k else 0.6 + 0.005 * p
+        finals[i, k, p] = late_best if i == 5 else 0.5 + 0.02 * i + 0.01 * k + 0.005 * p
+    return tree_seed([0.4 + 0.02 * i for i in range(5)] + [0.2], [0.5 + 0.02 * i for i in range(6)], finals)
+
+
+def test_the_large_lr_late_decay_best_that_asha_stops_is_kept_by_the_tree():
+    grid = late_decay_seed()
+    sim = tree_sim.Sim(EPOCHS, 40, "val_accuracy", 1.0, 10)
+    asha = [tree_sim.simulate("asha", grid, k, sim) for k in range(5)]
+    tree = [tree_sim.simulate("tree", grid, k, sim) for k in range(5)]
+    assert tree_sim.p_stop_top5(asha) > 0.5  # ASHA ranks trunk 5's raw values: its best leaves die early
+    assert tree_sim.p_stop_top5(tree) == 0.0 and all(run.best == grid.best for run in tree)
+    assert all(run.stops.get("prefix", 0) + run.stops.get("leaf", 0) > 0 for run in tree)  # it does stop others
+    assert all(sim.budget <= run.spent < sim.budget + 1 for run in tree)  # the last epoch's probe may overrun
+
+
+def test_a_gate_below_its_threshold_stops_nothing():
+    grid = late_decay_seed()
+    closed = tree_sim.Sim(EPOCHS, 40, "val_accuracy", 1.0, 10, tree_policy.TreeOptions(gate_threshold=1.01))
+    for k in range(3):
+        run = tree_sim.simulate("tree", grid, k, closed)
+        assert run.stops == {} and run.stopped_top == 0 and run.completed >= run.trials - 1  # the last: maybe cut
+    # The rule alone: a rung whose signal disagrees with the completed leaves' finals records, and stops nothing.
+    policy = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS)
+    for trunk in range(6):
+        policy.record_probe(trunk, 2, float(trunk))
+    for n in range(12):  # probes anti-correlated with the finals
+        policy.complete(n % 6, 2, {}, -float(n % 6))
+    held = policy.prefix(0, 2)
+    assert held.would_stop and not held.stop and held.gate is not None and held.gate < 0
+    assert "recorded only" in held.reason
+    agreeing = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS)
+    for trunk in range(6):
+        agreeing.record_probe(trunk, 2, float(trunk))
+    for n in range(12):
+        agreeing.complete(n % 6, 2, {}, float(n % 6))
+    assert agreeing.prefix(0, 2).stop and not agreeing.prefix(5, 2).stop
+    state = json.loads(json.dumps(agreeing.state.to_dict()))  # serializable: a reloaded state decides the same
+    again = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS, tree_policy.TreeState.from_dict(state))
+    assert again.prefix(0, 2).stop and again.agreement("prefix:2") == agreeing.agreement("prefix:2")
+
+
+def test_the_tree_charges_each_prefix_once_and_its_probes_and_stops_a_diverged_trunk_at_once():
+    finals = {(i, k, p): 0.5 + 0.01 * i + 0.02 * k + 0.001 * p for i, k, p in itertools.product(range(3), range(2),
+                                                                                              range(2))}
+    grid = tree_seed([0.4, 0.5, 0.6], [0.4, 0.5, 0.6], finals, diverged_trunk=0)
+    closed = tree_policy.TreeOptions(gate_threshold=1.01)  # no gated stop: the ledger alone
+    sim = tree_sim.Sim(EPOCHS, 100, "val_accuracy", 1.0, 10, closed)
+    run = tree_sim.simulate("tree", grid, 0, sim)
+    leaves = grid.entry["leaves"]
+    grown, probed, spent, expected = [0, 0, 0], set(), 0.0, []
+    for c in itertools.islice(tree_sim.stream(len(leaves), 0, 0), len(leaves)):  # the first pass, by hand
+        i, t = leaves[c]["trunk"], leaves[c]["transition_epoch"]
+        if i == 0:  # diverged in its second epoch: charged once, then every leaf of it stops for free
+            spent += 2 - grown[0]
+            grown[0] = 2
+            continue
+        spent += max(0, t - grown[i]) + 0.5 * len({(i, r) for r in TRANSITIONS if r <= t} - probed) + EPOCHS - t
+        probed |= {(i, r) for r in TRANSITIONS if r <= t}
+        grown[i] = max(grown[i], t)
+        expected.append(spent)
+    assert [spent for spent, _ in run.events[:len(expected)]] == pytest.approx(expected)
+    assert run.stops["diverged"] >= 4 and set(run.stops) == {"diverged"}
+    assert run.probe == pytest.approx(0.5 * 4)  # 2 trunks x 2 candidates, 5 steps of 10 each, once per run

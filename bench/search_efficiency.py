@@ -592,7 +592,8 @@ def init_worker() -> None:
 
 
 def probe_job(setup: Setup, seed: int) -> dict[str, Any]:
-    from phasetune.workers.probing import ProbeKind, run_probes  # imports Ray: only where the probes run
+    from phasetune.workers.probe_names import ProbeKind
+    from phasetune.workers.probing import run_probes  # imports Ray: only where the probes run
 
     started = time.perf_counter()
     probes = run_probes({"name": setup.workload, "params": dict(setup.params)}, seed,

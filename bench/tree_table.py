@@ -187,7 +187,8 @@ def _plan(setup: Setup, config: tuple[int, int, int], units: Mapping[str, float]
 
 def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
     """One seed's table: its probe units, every trunk and every leaf (see the module docstring)."""
-    from phasetune.workers.probing import ProbeKind, run_probes  # imports Ray (not started): only in the jobs
+    from phasetune.workers.probe_names import ProbeKind
+    from phasetune.workers.probing import run_probes  # imports Ray (not started): only in the jobs
 
     torch.set_num_threads(1)
     started, cpu = time.perf_counter(), time.process_time()

@@ -7,11 +7,11 @@ can take at its edges so that families can validate ranges before any trial runs
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from phasetune.search_spaces.checks import finite
 from phasetune.search_spaces.errors import Loc, RuleError, SpecError
 
 MAX_CHOICES = 1000  # a categorical this long is a list to sweep, not a search space
@@ -53,16 +53,6 @@ class Constant:
 
 
 Param = Range | Choices | Constant
-
-
-def finite(value: Any) -> bool:
-    """A number JSON can mean (an int beyond any float, such as 10**400, is not: math would overflow on it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _number(value: Any, loc: Loc) -> float:

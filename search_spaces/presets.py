@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from phasetune.search_spaces import params, segment
+from phasetune.search_spaces.checks import Interval
 from phasetune.search_spaces.errors import RuleError, SpecError
-from phasetune.search_spaces.families.base import Interval, momentum_range
+from phasetune.search_spaces.families.base import momentum_range
 from phasetune.search_spaces.units import UNITS
 
 PRESET = "preset"

@@ -20,16 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from phasetune.search_spaces import params, units
+from phasetune.search_spaces.checks import integral, one_of
 from phasetune.search_spaces.errors import Loc, RuleError, SpecError
 from phasetune.search_spaces.families import FAMILIES, Field, Horizon, LRSchedule
-from phasetune.search_spaces.families.base import (
-    check_value,
-    integral,
-    learning_rate,
-    momentum_range,
-    non_negative,
-    one_of,
-)
+from phasetune.search_spaces.families.base import check_value, learning_rate, momentum_range, non_negative
 from phasetune.search_spaces.families.warmup import WARMUP_FIELDS, Warmup
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

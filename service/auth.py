@@ -18,9 +18,9 @@ import ipaddress
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -102,7 +102,7 @@ def scope_of(engine: Engine, token: str) -> Scope | None:
 
 _bearer = HTTPBearer(auto_error=False, description="a phasetune token (`phasetune token create`)")
 # The routes that need a token with auth off too (token management) name their own scheme, so that the OpenAPI of an
-# app with auth off still documents it for them (without_auth keeps it).
+# app with auth off still documents it for them (document_without_auth keeps it).
 ALWAYS_SCHEME = "AdminBearer"
 _always_bearer = HTTPBearer(auto_error=False, scheme_name=ALWAYS_SCHEME,
                             description="an admin token (`phasetune token create --scope admin`), needed even where "
@@ -155,26 +155,17 @@ ADMIN = Depends(require(Scope.ADMIN))
 ALWAYS_ADMIN = Depends(require_always(Scope.ADMIN))
 
 
-def without_auth(app: FastAPI) -> None:
-    """Make ``app``'s OpenAPI say what an app with auth off does: no bearer scheme, no 401 or 403, but on the
-    operations that need a token anyway (``ALWAYS_SCHEME``)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, object]:
-        if app.openapi_schema is None:
-            schema = generate()
-            schemes = schema.get("components", {}).get("securitySchemes", {})
-            schemes.pop(_bearer.scheme_name, None)
-            if not schemes:
-                schema.get("components", {}).pop("securitySchemes", None)
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    if any(ALWAYS_SCHEME in requirement for requirement in operation.get("security", [])):
-                        continue
-                    operation.pop("security", None)
-                    for code in ("401", "403"):
-                        operation["responses"].pop(code, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def document_without_auth(schema: dict[str, Any]) -> None:
+    """Make the OpenAPI ``schema`` say what an app with auth off does: no bearer scheme, no 401 or 403, but on the
+    operations that need a token anyway (``ALWAYS_SCHEME``). A step of ``service.openapi.customise_openapi``."""
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    schemes.pop(_bearer.scheme_name, None)
+    if not schemes:
+        schema.get("components", {}).pop("securitySchemes", None)
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            if any(ALWAYS_SCHEME in requirement for requirement in operation.get("security", [])):
+                continue
+            operation.pop("security", None)
+            for code in ("401", "403"):
+                operation["responses"].pop(code, None)

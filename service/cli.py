@@ -19,18 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from phasetune.workers.study_attrs import (
-    StudyStatus,  # a names-only module: the CLI imports neither torch, Ray nor Optuna
-)
+# Names-only modules: the CLI imports neither torch, Ray nor Optuna.
+from phasetune.workers.probe_names import ProbeKind, ProbeStatus
+from phasetune.workers.study_attrs import StudyStatus
 
 if TYPE_CHECKING:
     from phasetune.service.settings import Settings
 
 ENDED_TRIALS = ("COMPLETE", "PRUNED", "FAIL")  # Optuna's names of the states a trial ends in, as the API sends them
-# service.db.ProbeStatus's values and workers.probing.ProbeKind's (a test holds them equal): those modules load
-# Optuna, Ray and torch, which the CLI does not.
-PROBE_RUNNING, PROBE_FAILED = "running", "failed"
-PROBE_KINDS = ("curvature", "lr_range")
 WATCH_TIMEOUT_S = 24 * 3600.0  # a study runs for hours; a watch that outlives a day is waiting on a stuck one
 PROBE_TIMEOUT_S = 3600.0  # a probe takes minutes, more while it waits for a node that can run it
 
@@ -456,11 +452,11 @@ def cmd_probe(args: argparse.Namespace) -> ExitCode:
             "seed": args.seed, "options": args.options}
     record = _call(args, "POST", "/probes", json=body)  # 202: it runs on the cluster; its record says when it ends
     _note(f"probe {record['id']} ({args.kind} on {args.workload}) running")
-    record = _poll(args, f"/probes/{record['id']}", record, lambda r: r["status"] != PROBE_RUNNING,
+    record = _poll(args, f"/probes/{record['id']}", record, lambda r: r["status"] != ProbeStatus.RUNNING,
                    f"probe {record['id']}")
     if args.json:
         _print_json(record)
-    if record["status"] == PROBE_FAILED:
+    if record["status"] == ProbeStatus.FAILED:
         raise CliError(f"probe {record['id']} failed: {record['error']}", ExitCode.FAILED)
     result = record["result"]
     if not args.json:
@@ -566,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = client_command("probe", cmd_probe, "run a regime probe on a workload (POST /probes) and wait for it",
                            with_id=False, poll=PROBE_TIMEOUT_S)
-    probe.add_argument("kind", choices=PROBE_KINDS, help="curvature: lambda0 and lr_crit; lr_range: the LR range test")
+    probe.add_argument("kind", choices=[kind.value for kind in ProbeKind],
+                       help="curvature: lambda0 and lr_crit; lr_range: the LR range test")
     probe.add_argument("--workload", required=True, help="a workload name (`phasetune workloads` lists them)")
     probe.add_argument("--params", type=json_arg, default={}, help="the workload's params as a JSON object")
     probe.add_argument("--options", type=json_arg, default={},

@@ -7,7 +7,6 @@ study id, and its trials are read through Optuna.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from alembic.config import Config
 from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, inspect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from phasetune.workers.probe_names import ProbeStatus
 from phasetune.workers.storage import engine_kwargs, open_storage, tune_sqlite
 
 TOKEN_NAME_MAX = 100
@@ -25,12 +25,6 @@ ID_MAX = 2**31 - 1  # ids (Optuna's and ours) are 32-bit integers in every backe
 def as_utc(moment: datetime) -> datetime:
     """A stored time, timezone-aware: SQLite hands back what it stored without its zone (always UTC here)."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-class ProbeStatus(str, enum.Enum):
-    RUNNING = "running"  # submitted to Ray (or waiting for its resources)
-    DONE = "done"
-    FAILED = "failed"
 
 
 class Base(DeclarativeBase):

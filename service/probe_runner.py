@@ -14,8 +14,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
-from phasetune.service.db import ProbeRecord, ProbeStatus, as_utc
-from phasetune.workers.probing import ProbeKind
+from phasetune.service.db import ProbeRecord, as_utc
+from phasetune.workers.probe_names import ProbeKind, ProbeStatus
 
 if TYPE_CHECKING:
     import ray

@@ -13,27 +13,20 @@ from sqlalchemy.orm import Session
 from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.errors import RuleError
 from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
-from phasetune.service.db import ID_MAX, ProbeRecord, ProbeStatus, as_utc
+from phasetune.service.db import ID_MAX, ProbeRecord, as_utc
+from phasetune.service.errors import ClusterUnavailable, NotFound
 from phasetune.service.launcher import Launcher
 from phasetune.service.probe_runner import ProbeRunner
 from phasetune.service.schemas import CurvatureOptionsIn, LRRangeOptionsIn, ProbeCreate, ProbeOut
 from phasetune.service.settings import Settings
 from phasetune.workers import probing
-from phasetune.workers.probing import ProbeKind
+from phasetune.workers.probe_names import ProbeKind, ProbeStatus
 from phasetune.workers.workloads import resolve as resolve_workload
 
 OPTION_MODELS: dict[ProbeKind, tuple[type[BaseModel], type]] = {
     ProbeKind.CURVATURE: (CurvatureOptionsIn, CurvatureOptions),
     ProbeKind.LR_RANGE: (LRRangeOptionsIn, LRRangeOptions),
 }
-
-
-class ProbeNotFound(Exception):
-    pass
-
-
-class ClusterUnavailable(Exception):
-    """No Ray cluster is connected (yet): a 503, the request may be retried."""
 
 
 def _options(kind: ProbeKind, raw: dict[str, Any]) -> CurvatureOptions | LRRangeOptions:
@@ -84,7 +77,7 @@ def view(*, engine: Engine, probe_id: int) -> ProbeOut:
     with Session(engine) as session:
         record = session.get(ProbeRecord, probe_id) if 0 <= probe_id <= ID_MAX else None
         if record is None:
-            raise ProbeNotFound(probe_id)
+            raise NotFound("probe", probe_id)
         return _out(record)
 
 

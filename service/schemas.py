@@ -14,15 +14,16 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
-from phasetune.search_spaces.families.base import LR_MAX, MAX_EPOCHS, Interval
+from phasetune.search_spaces.checks import Interval
+from phasetune.search_spaces.families.base import LR_MAX, MAX_EPOCHS
 from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
 from phasetune.service.auth import Scope
-from phasetune.service.db import TOKEN_NAME_MAX, ProbeStatus
+from phasetune.service.db import TOKEN_NAME_MAX
 from phasetune.service.openapi import SCHEDULE_FIELD
 from phasetune.workers.branching import BOUNDS as BRANCHING_BOUNDS
 from phasetune.workers.branching import Branching
 from phasetune.workers.early_stopping import BOUNDS, EarlyStopping, Policy
-from phasetune.workers.probing import ProbeKind
+from phasetune.workers.probe_names import ProbeKind, ProbeStatus
 from phasetune.workers.seeding import SEED_MAX, SeedPolicy, SeedScope
 from phasetune.workers.spec import (
     MAX_CONCURRENT_TRIALS,

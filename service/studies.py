@@ -7,7 +7,6 @@ also ends a stopped study whose driver is gone).
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,7 +14,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.jsonsafe import json_safe
 from phasetune.service.db import ID_MAX
+from phasetune.service.errors import AlreadyExists, NotFound
 from phasetune.service.launcher import Launcher
 from phasetune.service.schemas import StudyCreate, StudyOut, TrialOut
 from phasetune.service.settings import Settings
@@ -27,14 +28,6 @@ PAGE_SIZE = 100  # trials per page of GET /studies/{id}/trials unless asked othe
 MAX_PAGE_SIZE = 1000
 # What grows with the epochs, left out when trials are read without their history (user attr key prefixes).
 WITHOUT_HISTORY = (epoch_log.PREFIX, epoch_log.LEGACY_KEY, study_attrs.REALIZED_LR, study_attrs.REALIZED_MOMENTUM)
-
-
-class StudyExists(Exception):
-    pass
-
-
-class StudyNotFound(Exception):
-    pass
 
 
 def create(*, storage: optuna.storages.RDBStorage, settings: Settings, request: StudyCreate,
@@ -54,27 +47,23 @@ def create(*, storage: optuna.storages.RDBStorage, settings: Settings, request: 
     try:
         study_id = optuna_study.create_study(storage, spec, attrs)
     except optuna.exceptions.DuplicatedStudyError:
-        raise StudyExists(spec.name) from None
+        raise AlreadyExists("study", spec.name) from None
     if launcher is not None:
         launcher.launch(spec.name)
     return view(storage=storage, settings=settings, study_id=study_id)
 
 
 def _attrs(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
-    """The study's user attrs; StudyNotFound unless it is a phasetune study."""
+    """The study's user attrs; NotFound unless it is a phasetune study."""
     if not 0 <= study_id <= ID_MAX:
-        raise StudyNotFound(study_id)
+        raise NotFound("study", study_id)
     try:
         attrs = storage.get_study_user_attrs(study_id)
     except KeyError:
-        raise StudyNotFound(study_id) from None
+        raise NotFound("study", study_id) from None
     if study_attrs.SPEC not in attrs:
-        raise StudyNotFound(study_id)  # an Optuna study made outside phasetune
+        raise NotFound("study", study_id)  # an Optuna study made outside phasetune
     return attrs
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def trial_out(trial: FrozenTrial, history: bool = True) -> TrialOut:
@@ -84,7 +73,7 @@ def trial_out(trial: FrozenTrial, history: bool = True) -> TrialOut:
     return TrialOut(
         number=trial.number,
         state=trial.state.name,
-        value=_finite(trial.value) if trial.values else None,
+        value=json_safe(trial.value) if trial.values else None,
         params=trial.params,
         schedule=trial.user_attrs.get(study_attrs.SCHEDULE),
         metrics=epoch_log.history(trial.user_attrs) if history else None,
@@ -104,7 +93,7 @@ def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int,
         created_at=attrs.get(study_attrs.CREATED_AT),
         n_trials=sum(counts.values()),
         trial_counts={state.name: n for state, n in sorted(counts.items(), key=lambda item: item[0].value)},
-        best_trial=trial_out(best, history=False) if best is not None and _finite(best.value) is not None else None,
+        best_trial=trial_out(best, history=False) if best is not None and json_safe(best.value) is not None else None,
         error=attrs.get(study_attrs.ERROR),
         waiting_for=attrs.get(study_attrs.WAITING_FOR) if status is StudyStatus.WAITING_FOR_RESOURCES else None,
         checkpoints=attrs.get(study_attrs.CHECKPOINTS),

@@ -270,6 +270,12 @@ def test_unknown_or_foreign_ids_are_404(client, storage):
     assert foreign.study_name == "not-phasetunes"
 
 
+def test_not_found_has_one_shape(client):
+    """Every "no such id" is one exception (service.errors.NotFound) and one body: the kind of thing and its id."""
+    assert client.get("/studies/987654").json() == {"detail": "no study with id 987654"}
+    assert client.get("/probes/987654").json() == {"detail": "no probe with id 987654"}
+
+
 def test_stopping_a_queued_study_stops_it_at_once(client):
     study_id = client.post("/studies", json=small_spec("stop-queued")).json()["id"]
     stopped = client.post(f"/studies/{study_id}/stop", headers=JSON)
@@ -424,6 +430,7 @@ def test_non_finite_numbers_are_422s_not_500s(client, field, raw, loc):
     response = client.post("/studies", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert [d["loc"] for d in response.json()["detail"]] == [loc]
+    assert response.json()["detail"][0]["input"] is None  # the one JSON-safety rule: non-finite is null
     assert all(s["name"] != "not-finite" for s in client.get("/studies").json())
 
 

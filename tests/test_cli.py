@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session
 
 from phasetune.service import cli
 from phasetune.service.cli import ExitCode, main
-from phasetune.service.db import ProbeRecord, ProbeStatus, make_engine
+from phasetune.service.db import ProbeRecord, make_engine
 from phasetune.service.main import create_app
 from phasetune.service.settings import Settings, get_settings
 from phasetune.workers import optuna_study, study_attrs
+from phasetune.workers.probe_names import ProbeStatus
 from phasetune.workers.study_attrs import StudyStatus
 from tests.conftest import BIN, free_port, served_in_thread, wait_for
 from tests.factories import small_spec
@@ -128,10 +129,12 @@ def test_every_command_option_and_argument_has_help():
 
 
 def test_the_probe_names_are_the_services():
-    from phasetune.workers.probing import ProbeKind
+    """One owner for the probes' names (workers.probe_names): the CLI, the storage and the runner share it."""
+    from phasetune.service import db, schemas
+    from phasetune.workers import probing
 
-    assert (cli.PROBE_RUNNING, cli.PROBE_FAILED) == (ProbeStatus.RUNNING.value, ProbeStatus.FAILED.value)
-    assert cli.PROBE_KINDS == tuple(kind.value for kind in ProbeKind)
+    assert cli.ProbeStatus is db.ProbeStatus is schemas.ProbeStatus
+    assert cli.ProbeKind is probing.ProbeKind is schemas.ProbeKind
     assert set(cli.STUDY_OUTCOME) == {status for status in StudyStatus if status.finished}
 
 

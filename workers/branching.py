@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from phasetune.search_spaces import space
-from phasetune.search_spaces.errors import SpecError
-from phasetune.search_spaces.families.base import Interval, integral
+from phasetune.search_spaces.checks import Interval, Options
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
 from phasetune.workers.seeding import Seeds, stream_seed
@@ -42,7 +41,7 @@ BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.sch
     "top_k": Interval(1, 1000),
     "max_bytes": Interval(1 << 20, 1 << 50, note="bytes"),
 }
-_INTS = {"top_k", "max_bytes"}
+_PARSER = Options("branching", BOUNDS, integers=frozenset({"top_k", "max_bytes"}), flags=frozenset({"enabled"}))
 IO_BUDGET = 0.02  # a trial's checkpoint I/O stays within about this share of its time (one checkpoint over, at most)
 
 
@@ -58,24 +57,7 @@ class Branching:
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> Branching:
         """From the spec's JSON (None: off); SpecError naming ``branching.<field>``."""
-        raw = {key: value for key, value in (raw or {}).items() if value is not None}
-        values: dict[str, Any] = {}
-        for name, value in raw.items():
-            if name == "enabled":
-                if not isinstance(value, bool):
-                    raise SpecError(("branching", name), f"must be true or false, got {value!r}")
-                values[name] = value
-                continue
-            if name not in BOUNDS:
-                raise SpecError(("branching", name), f"unknown field; branching takes {['enabled', *BOUNDS]}")
-            value = integral(value)
-            problem = BOUNDS[name](value)
-            if problem is None and name in _INTS and not isinstance(value, int):
-                problem = f"must be an integer, got {value!r}"
-            if problem is not None:
-                raise SpecError(("branching", name), problem)
-            values[name] = int(value) if name in _INTS else float(value)
-        return cls(**values)
+        return cls(**_PARSER.parse(raw or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

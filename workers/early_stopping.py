@@ -36,9 +36,8 @@ from typing import Any
 import numpy as np
 
 from phasetune.search_spaces import SpecError
+from phasetune.search_spaces.checks import Interval, Options
 from phasetune.search_spaces.errors import RuleError
-from phasetune.search_spaces.families.base import Interval, integral
-from phasetune.search_spaces.params import finite
 from phasetune.workers.results import LARGE_STEP  # an epoch's result key (owned with the others)
 
 RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
@@ -83,10 +82,7 @@ class EarlyStopping:
             if key not in allowed:
                 raise RuleError(("early_stopping", key), f"not an option of policy {policy.value!r}; its options: "
                                                          f"{sorted(allowed) or 'none'}")
-        values = {name: raw[name] for name in allowed if name in raw}
-        for name, value in values.items():
-            _check(name, value)
-        return cls(policy=policy, **{k: (int(v) if k in _INTS else float(v)) for k, v in values.items()})
+        return cls(policy=policy, **_PARSER.parse(raw))
 
     def to_dict(self) -> dict[str, Any]:
         """The policy and its own options (what ``parse`` takes back)."""
@@ -123,7 +119,6 @@ OPTIONS: dict[Policy, frozenset[str]] = {
     Policy.ASHA: frozenset({*_SHARED, "reduction_factor"}),
     Policy.SCHEDULE_AWARE: frozenset({*_SHARED, "reduction_factor", "cooldown_fraction", "divergence_factor"}),
 }
-_INTS = {"grace_period", "min_peers"}
 BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.schemas)
     "grace_period": Interval(1, 100_000, note="epochs"),
     "min_peers": Interval(1, 100_000),
@@ -131,14 +126,7 @@ BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.sch
     "cooldown_fraction": Interval(0, 1, open_low=True, note="a share of the steps done"),
     "divergence_factor": Interval(1, 1e12, open_low=True),
 }
-
-
-def _check(name: str, value: Any) -> None:
-    bounds = BOUNDS[name]
-    number_ok = finite(value) and (name not in _INTS or isinstance(integral(value), int))
-    if not number_ok or not bounds.contains(value):
-        kind = "an integer" if name in _INTS else "a number"
-        raise SpecError(("early_stopping", name), f"must be {kind} {bounds.describe()}, got {value!r}")
+_PARSER = Options("early_stopping", BOUNDS, integers=frozenset({"grace_period", "min_peers"}))
 
 
 class ProbeSchedule:

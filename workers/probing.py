@@ -9,7 +9,6 @@ attrs, hand the units to the searcher.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, replace
@@ -29,13 +28,9 @@ from phasetune.search_spaces.probes import (
     result_to_dict,
 )
 from phasetune.workers import study_attrs
+from phasetune.workers.probe_names import ProbeKind
 from phasetune.workers.spec import StudySpec
 from phasetune.workers.workloads import build_workload
-
-
-class ProbeKind(str, enum.Enum):
-    CURVATURE = "curvature"  # λ0, lr_crit = 2/λ0
-    LR_RANGE = "lr_range"  # lr_start, lr_best, lr_div
 
 
 class ProbeFailed(RuntimeError):

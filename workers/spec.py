@@ -16,6 +16,7 @@ from typing import Any
 
 from phasetune.search_spaces import SpecError, presets, validate_schedule
 from phasetune.search_spaces.errors import RuleError
+from phasetune.search_spaces.jsonsafe import json_safe
 from phasetune.search_spaces.space import checkpoint_epochs
 from phasetune.workers.branching import Branching
 from phasetune.workers.early_stopping import EarlyStopping, Policy
@@ -143,7 +144,7 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON the storage keeps (enums as their values); ``steps_per_epoch`` is derived, not kept."""
-        out = _jsonable(asdict(self))
+        out: dict[str, Any] = json_safe(asdict(self))
         out.pop("steps_per_epoch")
         out["early_stopping"] = self.early_stopping.to_dict()  # the policy's own options only
         out["branching"] = self.branching.to_dict()
@@ -228,11 +229,3 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from phasetune.search_spaces.checks import Interval
 from phasetune.search_spaces.errors import SpecError
 from phasetune.search_spaces.families.base import (
     MAX_EPOCHS,
     Field,
     Horizon,
-    Interval,
     LRSchedule,
     Point,
     decay_factor,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
+from phasetune.search_spaces.checks import Check, Interval, integral
 from phasetune.search_spaces.errors import Loc, SpecError
 
 
@@ -35,64 +36,6 @@ class Horizon:
     @property
     def epochs(self) -> float:
         return self.total_steps / self.steps_per_epoch
-
-
-@dataclass(frozen=True)
-class Interval:
-    """The numbers a field allows: one statement gives the check at submission and the JSON Schema the API
-    publishes, so the two cannot drift. A list value (e.g. milestones) is checked element by element."""
-
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    note: str = ""
-
-    def __call__(self, value: Any) -> str | None:
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                return f"must list numbers, got {item!r}"
-            if not self.contains(item):
-                return f"must be {self.describe()}, got {item}"
-        return None
-
-    def contains(self, v: float) -> bool:
-        above = self.low is None or (v > self.low if self.open_low else v >= self.low)
-        below = self.high is None or (v < self.high if self.open_high else v <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        if self.high is None:
-            text = f"{'>' if self.open_low else '>='} {self.low:g}"
-        elif self.low is None:
-            text = f"{'<' if self.open_high else '<='} {self.high:g}"
-        else:
-            text = f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
-        return f"{text} ({self.note})" if self.note else text
-
-    def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {}
-        if self.low is not None:
-            schema["exclusiveMinimum" if self.open_low else "minimum"] = self.low
-        if self.high is not None:
-            schema["exclusiveMaximum" if self.open_high else "maximum"] = self.high
-        return schema
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """The values a string field allows (its check and its JSON Schema ``enum``)."""
-
-    allowed: tuple[Any, ...]
-
-    def __call__(self, value: Any) -> str | None:
-        return None if value in self.allowed else f"must be one of {list(self.allowed)}, got {value!r}"
-
-    def json_schema(self) -> dict[str, Any]:
-        return {"enum": list(self.allowed)}
-
-
-Check = Interval | OneOf
 
 
 @dataclass(frozen=True)
@@ -125,10 +68,6 @@ learning_rate = Interval(0, LR_MAX, open_low=True, note="float32's largest")
 lr_floor = Interval(0, LR_MAX, note="float32's largest")  # an lr an annealing ends at: 0 allowed
 
 
-def one_of(*allowed: Any) -> OneOf:
-    return OneOf(allowed)
-
-
 _KIND_TYPES: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "int": (int,),
@@ -136,12 +75,6 @@ _KIND_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "list": (list,),
 }
-
-
-def integral(value: Any) -> Any:
-    """An integral float as the int it is (JSON does not tell 5 from 5.0, and JSON Schema calls both integers);
-    anything else as it is."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def check_value(field: Field, value: Any, loc: Loc) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from phasetune.search_spaces.checks import one_of
 from phasetune.search_spaces.errors import SpecError
 from phasetune.search_spaces.families.base import (
     Field,
@@ -17,7 +18,6 @@ from phasetune.search_spaces.families.base import (
     duration,
     learning_rate,
     momentum_range,
-    one_of,
     register,
 )
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from phasetune.search_spaces.checks import one_of
 from phasetune.search_spaces.errors import SpecError
 from phasetune.search_spaces.families.base import (
     Field,
@@ -15,7 +16,6 @@ from phasetune.search_spaces.families.base import (
     Point,
     learning_rate,
     momentum_range,
-    one_of,
     open_unit_interval,
     positive,
     register,

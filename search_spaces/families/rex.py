@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from phasetune.search_spaces.checks import Interval
 from phasetune.search_spaces.families.annealing import Annealing
-from phasetune.search_spaces.families.base import Field, Interval, register
+from phasetune.search_spaces.families.base import Field, register
 
 
 @register

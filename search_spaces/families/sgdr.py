@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from phasetune.search_spaces.checks import Interval
 from phasetune.search_spaces.errors import SpecError
 from phasetune.search_spaces.families.base import (
     Field,
     Horizon,
-    Interval,
     LRSchedule,
     Point,
     duration,

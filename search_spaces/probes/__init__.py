@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from phasetune.search_spaces.jsonsafe import json_safe
 from phasetune.search_spaces.probes.curvature import (
     LOSS_KINDS,
     CurvatureResult,
@@ -48,7 +49,7 @@ def result_to_dict(result: CurvatureResult | LRRangeResult) -> dict[str, Any]:
         kind = "lr_range"
     else:
         raise TypeError(f"not a probe result: {type(result).__name__}")
-    return {"kind": kind, **{k: _json(v) for k, v in asdict(result).items()}}
+    return json_safe({"kind": kind, **asdict(result)})  # type: ignore[no-any-return]
 
 
 def probe_units(
@@ -67,9 +68,3 @@ def probe_units(
     return units
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_json(v) for v in value]
-    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from phasetune.service import probes
 from phasetune.service.auth import AUTH_RESPONSES, READ, WRITE
@@ -26,7 +26,4 @@ def create_probe(request: ProbeCreate, engine: EngineDep, settings: SettingsDep,
 @router.get("/{probe_id}", responses={404: {"description": "no probe has this id"}}, dependencies=[READ])
 def get_probe(probe_id: int, engine: EngineDep) -> ProbeOut:
     """A stored probe result; 404 if there is none with this id."""
-    try:
-        return probes.view(engine=engine, probe_id=probe_id)
-    except probes.ProbeNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no probe with id {probe_id}") from None
+    return probes.view(engine=engine, probe_id=probe_id)

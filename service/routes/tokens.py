@@ -4,12 +4,13 @@ which is how the first token is made."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from phasetune.service import auth
 from phasetune.service.auth import ALWAYS_ADMIN, AUTH_RESPONSES
 from phasetune.service.db import ID_MAX
 from phasetune.service.deps import EngineDep
+from phasetune.service.errors import NotFound
 from phasetune.service.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=AUTH_RESPONSES, dependencies=[ALWAYS_ADMIN])
@@ -32,5 +33,5 @@ def revoke_token(token_id: int, engine: EngineDep) -> TokenOut:
     """Revoke the token: it is refused from the next request on."""
     record = auth.revoke_token(engine, token_id) if 0 <= token_id <= ID_MAX else None
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token with id {token_id}")
+        raise NotFound("token", token_id)
     return TokenOut(**record.summary())

@@ -40,8 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from phasetune.search_spaces.checks import integral
 from phasetune.search_spaces.errors import SpecError
-from phasetune.search_spaces.families.base import integral
 
 # The losses whose output Hessian the curvature probe knows (``phasetune.search_spaces.probes.LOSS_KINDS``):
 #   "cross_entropy": mean softmax cross-entropy over the batch, targets are class indices;

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from phasetune.search_spaces.checks import integral
 from phasetune.search_spaces.errors import RuleError, SpecError
-from phasetune.search_spaces.families.base import integral
 from phasetune.workers.seeding import Seeds, seeded_init
 from phasetune.workers.workloads.cache import WorkloadCache, params_key
 from phasetune.workers.workloads.contract import Data, WorkloadSpec

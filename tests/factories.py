@@ -3,6 +3,7 @@ the HTTP helpers several test modules use. Tests import from here, never from on
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -64,12 +65,15 @@ def handle_for(storage_url: str, name: str, **overrides) -> StudyHandle:
 ENDED = ("completed", "failed", "stopped")
 
 
+FAULT_N_TRAIN = 20_000  # ps10 examples per epoch in a fault test: ~0.25 s an epoch on an idle core
+
+
 def fault_spec(name: str, epochs: int, n_trials: int) -> dict:
     """ps10 with a constant schedule, 2 trials at once: a trial of a few seconds, long enough to be hit while it
-    runs."""
+    runs (at 2,000 examples an epoch took ~0.03 s, and a study could end between two polls)."""
     return small_spec(name, epochs=epochs, n_trials=n_trials,
                       schedule={"family": "constant", "lr": {"low": 0.01, "high": 0.1, "log": True}, "momentum": 0.9},
-                      workload={"name": "ps10", "params": {"n_train": 2000, "n_val": 500}})
+                      workload={"name": "ps10", "params": {"n_train": FAULT_N_TRAIN, "n_val": 500}})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,6 +89,23 @@ def trials_of(client: httpx.Client, study_id: int, history: bool = True) -> list
     response = client.get(f"/studies/{study_id}/trials", params={"limit": 1000, "history": str(history).lower()})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def wait_until_training(client: httpx.Client, study_id: int, timeout: float = 120) -> list[dict]:
+    """The study's RUNNING trials once one has reported an epoch (so a worker process really trains it). Fails at
+    once, saying so, if the study ends first: the fault would have missed it, a test to fix, not a fault survived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        training = [t for t in trials_of(client, study_id, history=False)
+                    if t["state"] == "RUNNING" and t["user_attrs"].get("worker")]
+        if training:
+            return training
+        study = client.get(f"/studies/{study_id}").json()
+        assert study["status"] not in ENDED, f"study {study_id} ended ({study['status']}) before a trial trained"
+        time.sleep(0.3)
+    study = client.get(f"/studies/{study_id}").json()
+    raise TimeoutError(f"timed out after {timeout}s waiting for a trial of study {study_id} to train: "
+                       f"{study['status']}, trials {study['trial_counts']}, waiting for {study.get('waiting_for')}")
 
 
 def assert_budget_kept(study: dict, trials: list[dict], n_trials: int, epochs: int) -> list[dict]:

@@ -15,20 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import optuna
 import pytest
 
 from tests.conftest import free_port, missing_in_ci, wait_for, wait_for_status
-from tests.factories import ENDED, assert_budget_kept, fault_spec, submit, trials_of
+from tests.factories import ENDED, assert_budget_kept, fault_spec, submit, trials_of, wait_until_training
 
 pytestmark = pytest.mark.slow
-
-def _training(client: httpx.Client, study_id: int) -> list[dict]:
-    """RUNNING trials that have reported their first epoch (so a worker process really trains them)."""
-    return [t for t in trials_of(client, study_id, history=False)
-            if t["state"] == "RUNNING" and t["user_attrs"].get("worker")]
-
 
 def _assert_optuna_agrees(storage_url: str, name: str, trials: list[dict], epochs: int) -> None:
     """Optuna's own view: nothing RUNNING, and each COMPLETE trial has one intermediate value per epoch."""
@@ -62,7 +55,7 @@ def test_a_driver_killed_with_sigkill_is_restarted_and_completes_the_budget(stor
     server = server_factory(storage_url)
     with server.client() as client:
         study_id = submit(client, fault_spec(name, epochs, n_trials))
-        wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)
+        wait_until_training(client, study_id)
         os.kill(_driver_pid(storage_url, name), signal.SIGKILL)
         study = wait_for_status(client, study_id, ENDED, timeout=240)
         trials = trials_of(client, study_id)
@@ -86,7 +79,7 @@ def test_a_trial_whose_worker_is_killed_is_retried_or_fails_with_a_reason(tmp_pa
     server = server_factory(storage_url)
     with server.client() as client:
         study_id = submit(client, fault_spec(name, epochs, n_trials))
-        victim = wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)[0]
+        victim = wait_until_training(client, study_id)[0]
         killed = victim["user_attrs"]["worker"]["pid"]
         os.kill(killed, signal.SIGKILL)
         study = wait_for_status(client, study_id, ENDED, timeout=240)
@@ -181,7 +174,7 @@ def test_a_postgres_restart_mid_study_loses_no_result(own_postgres, server_facto
     server = server_factory(own_postgres.url)
     with server.client() as client:
         study_id = submit(client, fault_spec(name, epochs, n_trials))
-        wait_for(lambda: _training(client, study_id), 120, "a trial training", interval=0.3)
+        wait_until_training(client, study_id)
         own_postgres.stop()  # fast: every connection is cut
         try:
             down = client.get("/health")

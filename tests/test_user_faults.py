@@ -27,11 +27,11 @@ import pytest
 from phasetune.service import children, ray_cluster
 from phasetune.service.settings import Settings
 from tests.conftest import BIN, Server, free_port, wait_for, wait_for_status
-from tests.factories import ENDED, assert_budget_kept, fault_spec, submit, trials_of
+from tests.factories import ENDED, assert_budget_kept, fault_spec, submit, trials_of, wait_until_training
 
 pytestmark = pytest.mark.slow
 RECONCILE_S = 3.0
-EPOCHS, N_TRIALS = 4, 2
+EPOCHS, N_TRIALS = 5, 2
 HEAD_BACK_S = 240  # a new agent, a new head (`ray start`), the studies relaunched: on a loaded 2-core machine
 
 
@@ -98,11 +98,6 @@ def _complete(client: httpx.Client, storage_url: str, *study_ids: int) -> None:
         assert not [t.number for t in loaded.trials if t.state == optuna.trial.TrialState.RUNNING], study["name"]
 
 
-def _training(client: httpx.Client, study_id: int) -> list[dict]:
-    return [t for t in trials_of(client, study_id, history=False)
-            if t["state"] == "RUNNING" and t["user_attrs"].get("worker")]
-
-
 @pytest.fixture
 def own_head(tmp_path: Path) -> Iterator[tuple[Settings, Server]]:
     """A serve (not started) on a local head of its own, on free ports; both are stopped at the end."""
@@ -147,7 +142,7 @@ def test_stop_ray_under_serve_10_s_and_60_s_after_it_starts(own_head):
         _complete(client, server.env["PHASETUNE_STORAGE_URL"], first, during)
 
         second = submit(client, fault_spec("across-60s", EPOCHS, N_TRIALS))
-        wait_for(lambda: _training(client, second), 120, "a trial training", interval=0.3)
+        wait_until_training(client, second)
         time.sleep(max(0.0, 60 - (time.monotonic() - started)))
         fault_at = time.monotonic()
         _stop_ray(settings)
@@ -174,7 +169,7 @@ def test_the_head_killed_the_raylet_killed_and_serve_killed(own_head, tmp_path):
     with Watcher(server) as watcher, server.client() as client:
         for fault in ("head", "raylet"):
             across = submit(client, fault_spec(f"across-{fault}", EPOCHS, N_TRIALS))
-            wait_for(lambda: _training(client, across), 120, "a trial training", interval=0.3)  # noqa: B023
+            wait_until_training(client, across)
             pids = ray_cluster.head_pids(settings)
             victims = pids if fault == "head" else {p for p in pids if Path(children.argv_of(p)[0]).name == "raylet"}
             assert victims, pids
@@ -186,7 +181,7 @@ def test_the_head_killed_the_raylet_killed_and_serve_killed(own_head, tmp_path):
         watcher.assert_alive()
 
         last = submit(client, fault_spec("across-serve-kill", EPOCHS, N_TRIALS))
-        wait_for(lambda: _training(client, last), 120, "a trial training", interval=0.3)
+        wait_until_training(client, last)
         agent = client.get("/health").json()["ray"]["agent_pid"]
     dashboard = children.recorded(tmp_path / ".phasetune" / "dashboard.pid")
     assert dashboard is not None and agent is not None and children.port_open("127.0.0.1", dashboard_port)

@@ -13,7 +13,7 @@ finite training loss; the incumbent is the best such final value so far.
   ``schedule_aware``: today's policy (cooldown probes, no judgement inside the large-step phase), a reference
   until the tree retires it; ``top1epoch``: ``search_efficiency.top1_sizes`` one-epoch evaluations, the best
   continued (retraining from scratch is exact, so only epochs past the first are charged).
-- ``tree``: the schedule tree (``run_tree``; ``bench/tree_policy.py`` takes every decision, with its defaults on
+- ``tree``: the schedule tree (``run_tree``; ``phasetune.workers.tree`` takes every decision, with its defaults on
   every workload): each distinct prefix (a trunk) trained once per run, lazily, probed once at each transition
   candidate it reaches; a trial is a leaf resumed from its trunk's checkpoint. Trunk epochs are charged once per
   run, reused epochs are free, probes are charged. Its goals (issue 23) are printed as met / NOT met, beside a
@@ -81,7 +81,6 @@ import numpy as np
 import tree_table
 from scipy.stats import spearmanr
 from search_efficiency import jsonable, ok, percentile, top1_sizes
-from tree_policy import TreeOptions, TreePolicy, leaf_rungs
 
 from phasetune.search_spaces import SpecError
 from phasetune.workers.early_stopping import (
@@ -92,6 +91,7 @@ from phasetune.workers.early_stopping import (
     Policy,
     ProbeSchedule,
 )
+from phasetune.workers.tree import TreeOptions, TreePolicy, leaf_rungs
 from phasetune.workers.workloads import workloads
 
 METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "tree")
@@ -268,7 +268,7 @@ def run_top1epoch(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
 
 
 def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
-    """The schedule tree (``tree_policy`` decides), one trial after another on the paired stream.
+    """The schedule tree (``phasetune.workers.tree`` decides, as live), one trial after another on the paired stream.
 
     A trial (a configuration: a leaf) needs its trunk's prefix up to its transition t. The trunk grows lazily, only
     as far as a leaf needs it: only epochs it has not trained yet are charged (a prefix is trained once per run,
@@ -318,8 +318,8 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
                 steps = trunk[r - 1][COOLDOWN_STEPS] / sim.steps_per_epoch
                 run.probe += steps
                 run.spent += steps
-                policy.record_probe(i, r, sim.sign * probe)
-            if policy.prefix(i, r).stop:
+                policy.record_probe(str(i), r, sim.sign * probe)
+            if policy.prefix(str(i), r).stop:
                 stop = "prefix"
                 break
         signals: dict[int, float] = {}
@@ -352,7 +352,7 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
             if stop:
                 run.top_stops[stop] = run.top_stops.get(stop, 0) + 1
         if value is not None:
-            policy.complete(i, t, signals, sim.sign * value)
+            policy.complete({r: str(i) for r in candidates if r <= t}, t, signals, sim.sign * value)
             run.complete(sim.sign * value)
         idle = idle + 1 if run.spent == before else 0
     return run

@@ -35,6 +35,8 @@ from phasetune.workers.spec import (
     StudySpec,
 )
 from phasetune.workers.study_attrs import StudyStatus
+from phasetune.workers.tree import BOUNDS as TREE_BOUNDS
+from phasetune.workers.tree import StrategyName, TreeOptions
 
 # Every request model: unknown fields are errors, and so are infinite and NaN numbers (JSON allows neither, Python's
 # parser accepts both, and no field of phasetune's means anything by them).
@@ -136,6 +138,29 @@ class BranchingIn(RequestModel):
                            description="the checkpoint store's cap; the least recently used checkpoints go first")
 
 
+def _tree_option(name: str, description: str) -> Any:
+    """A tree option: unset by default (TreeOptions' default), within the domain's bounds for it."""
+    return Field(None, **_within(TREE_BOUNDS[name]),
+                 description=f"{description} (default {getattr(TreeOptions, name):g})")
+
+
+class StrategyIn(RequestModel):
+    """How trials are chosen and run: ``plain`` (the sampler's trials, each from epoch 0; takes no options) or
+    ``tree`` (shared schedule prefixes trained once and judged by a cooldown probe, leaves judged after their own
+    decay, every stop gated by measured rank agreement). See docs/search.md, "The schedule tree"."""
+    name: StrategyName = StrategyName.PLAIN
+    grid: int | None = _tree_option("grid", "values per shared setting (every phase's but the last)")
+    reduction_factor: float | None = _tree_option("reduction_factor", "the top 1/rf of the prefixes (leaves) at a "
+                                                                      "rung go on")
+    min_peers: int | None = _tree_option("min_peers", "prefixes (leaves) with a signal at a rung before any stops")
+    gate_threshold: float | None = _tree_option("gate_threshold", "a rung stops nothing until its signal's rank "
+                                                                  "agreement with completed leaves' finals is this")
+    gate_min_pairs: int | None = _tree_option("gate_min_pairs", "completed leaves a rung's agreement needs")
+    cooldown_fraction: float | None = _tree_option("cooldown_fraction", "the prefix probe's span, a share of the "
+                                                                        "steps done")
+    max_bytes: int | None = _tree_option("max_bytes", "the checkpoint store's cap")
+
+
 class StudyCreate(RequestModel):
     """The public study spec (docs/spec.md explains it; docs/reference/spec.md lists every field)."""
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -159,6 +184,7 @@ class StudyCreate(RequestModel):
                                                          "running trials end PRUNED")
     early_stopping: EarlyStoppingIn = Field(default_factory=EarlyStoppingIn)
     branching: BranchingIn = Field(default_factory=BranchingIn)
+    strategy: StrategyIn = Field(default_factory=StrategyIn)
 
 
 class TrialOut(BaseModel):
@@ -184,6 +210,9 @@ class StudyOut(BaseModel):
     waiting_for: str | None = Field(None, description="what a study waiting_for_resources waits for")
     checkpoints: dict[str, int] | None = Field(None, description="a branching study's checkpoint store: checkpoints "
                                                                  "and bytes it holds, reuses and reused_epochs")
+    tree: dict[str, Any] | None = Field(None, description="a tree study's trunks and their leaves, the prefixes "
+                                                           "probed at each candidate, stops by kind, each rung's "
+                                                           "gate")
     dashboard_url: str | None = None
 
 

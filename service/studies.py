@@ -97,6 +97,7 @@ def _out(storage: optuna.storages.RDBStorage, settings: Settings, study_id: int,
         error=attrs.get(study_attrs.ERROR),
         waiting_for=attrs.get(study_attrs.WAITING_FOR) if status is StudyStatus.WAITING_FOR_RESOURCES else None,
         checkpoints=attrs.get(study_attrs.CHECKPOINTS),
+        tree=attrs.get(study_attrs.TREE),
         dashboard_url=settings.dashboard_address if settings.start_dashboard or settings.dashboard_url else None,
     )
 

@@ -56,6 +56,22 @@ QUADRATIC_SPEC = {
 }
 
 
+TREE_EPOCHS = 8
+# Tiny on purpose: a gate that opens after 3 pairs at any agreement, half of each rung stopped, so that a small
+# study shows every kind of decision (the defaults wait for 10 completed leaves and an agreement of 0.5).
+TREE_OPTIONS = {"name": "tree", "grid": 3, "min_peers": 2, "reduction_factor": 2, "gate_threshold": -1,
+                "gate_min_pairs": 3}
+
+
+def tree_spec(name: str, n_trials: int, **overrides) -> dict:
+    """A two-phase tree study: phase 1's lr on a grid of 3, the transition at epoch 3 or 4 of 8, random search."""
+    spec = small_spec(name, epochs=TREE_EPOCHS, n_trials=n_trials, sampler={"name": "random", "seed": 0},
+                      strategy=TREE_OPTIONS, **{"max_concurrent_trials": 1, **overrides})
+    spec["schedule"]["phases"][0]["lr"] = {"low": 0.05, "high": 0.5, "log": True}
+    spec["schedule"]["transition_epochs"] = [{"low": 3, "high": 4}]
+    return spec
+
+
 def handle_for(storage_url: str, name: str, **overrides) -> StudyHandle:
     study = optuna.create_study(study_name=name, storage=storage_url)
     study.set_user_attr(study_attrs.SPEC, {**QUADRATIC_SPEC, "name": name, **overrides})
@@ -281,3 +297,45 @@ def make_image_folder(root: Path, name: str = "shapes", per_class: int = 24, siz
                 pixels[r:r + size // 2, c:c + size // 2] += 180
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(directory / f"{i}.png")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The driver's path in this process (no Ray): the searcher as Tune drives it, the trainable's own code
+
+
+class _Stopped(Exception):
+    pass
+
+
+def drive(searcher, max_trials: int | None = None, abandon_after: int | None = None) -> int:
+    """Run ``searcher``'s trials one after another in this process as Tune would: ``suggest``, the trainable's
+    ``train_trial``, for each result ``should_stop`` then ``on_trial_result``, the last (or stopped) result to
+    ``on_trial_complete``. After ``max_trials`` suggestions it returns; the last one of them is abandoned after
+    ``abandon_after`` epochs when given (left RUNNING, as a killed driver leaves it). Returns the trials started."""
+    from ray.tune.search import Searcher
+
+    from phasetune.workers.spec import TRIAL_CONFIG
+    from phasetune.workers.trainable import train_trial
+
+    started = 0
+    while max_trials is None or started < max_trials:
+        trial_id = f"in-process-{time.monotonic_ns()}"
+        config = searcher.suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            break
+        started += 1
+        abandon = abandon_after if started == max_trials else None
+
+        def report(result: dict, trial_id: str = trial_id, abandon: int | None = abandon) -> None:
+            if abandon is not None and result["epoch"] >= abandon:
+                raise _Stopped
+            if searcher.should_stop(trial_id, result) or result.get("last_epoch"):
+                searcher.on_trial_complete(trial_id, result)
+                raise _Stopped
+            searcher.on_trial_result(trial_id, result)
+
+        try:
+            train_trial(config[TRIAL_CONFIG], "cpu", {}, report)
+        except _Stopped:
+            pass
+    return started

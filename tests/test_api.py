@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from tests.conftest import BIN, start_dashboard, stop_group, wait_for, wait_for_status
-from tests.factories import JSON, make_image_folder, small_spec
+from tests.factories import JSON, TREE_EPOCHS, make_image_folder, small_spec, tree_spec
 
 pytestmark = pytest.mark.slow
 
@@ -417,5 +417,68 @@ def test_a_branching_study_trains_shared_prefixes_once_and_a_restarted_driver_ke
         shown = {t["number"]: t for t in detail["trials"]}
         assert all(len(shown[c["number"]]["intermediate_values"]) == epochs
                    for c in children if c["state"] == "COMPLETE")
+    finally:
+        stop_group(dashboard)
+
+
+def test_a_tree_study_over_rest_with_two_workers_survives_its_driver_killed(storage_url, server_factory, ray_client):
+    """The schedule tree over REST with 2 trials at once: the driver killed mid-study is restarted and decides from
+    the tree's stored state; the study completes with trunks shared by several leaves (resumed from a trunk's
+    checkpoint, their curves whole and the reused epochs marked), stops with their reasons, and the same trials in
+    the API, ``optuna.load_study`` and the dashboard."""
+    import ray
+
+    from phasetune.workers.driver import find_driver
+
+    name, n_trials, epochs = "tree-rest", 16, TREE_EPOCHS
+    server = server_factory(storage_url)
+    with server.client() as client:
+        created = client.post("/studies", json=tree_spec(name, n_trials, max_concurrent_trials=2))
+        assert created.status_code == 201, created.text
+        study_id = created.json()["id"]
+        wait_for(lambda: client.get(f"/studies/{study_id}").json()["trial_counts"].get("COMPLETE", 0) >= 3, 240,
+                 "three completed leaves")
+        ray.kill(find_driver(storage_url, name), no_restart=False)  # Ray restarts it (max_restarts)
+        study = wait_for_status(client, study_id, ("completed", "failed", "stopped"))
+        trials = {t["number"]: t for t in client.get(f"/studies/{study_id}/trials").json()}
+    assert study["status"] == "completed", study.get("error")
+    swept = [t["number"] for t in trials.values() if t["user_attrs"].get("phasetune_swept")]
+    assert swept, "the kill came after the study's end: nothing was running"
+    counted = [t for t in trials.values() if not t["user_attrs"].get("phasetune_swept")]
+    assert len(counted) == n_trials and {t["state"] for t in counted} <= {"COMPLETE", "PRUNED"}
+
+    tree = study["tree"]
+    assert max(len(leaves) for leaves in tree["trunks"].values()) >= 3, tree["trunks"]
+    assert tree["stops"], tree  # prefixes or leaves stopped
+    for trial in counted:
+        if trial["state"] == "PRUNED":
+            decision = trial["user_attrs"]["tree"]["decisions"][-1]
+            assert decision["stop"] and trial["user_attrs"]["fail_reason"] == decision["reason"], trial["user_attrs"]
+    resumed = [t for t in counted if (t["user_attrs"].get("branch") or {}).get("parent") is not None]
+    assert resumed, "no leaf resumed from its trunk's checkpoint"
+    for leaf in resumed:
+        reused = leaf["user_attrs"]["branch"]["reused_epochs"]
+        assert 1 <= reused <= 4 and [bool(m.get("reused")) for m in leaf["metrics"]][:reused + 1] == [True] * reused + [
+            False]
+        if leaf["state"] == "COMPLETE":
+            assert [m["epoch"] for m in leaf["metrics"]] == list(range(epochs))
+    assert study["checkpoints"]["reuses"] == len(resumed), study["checkpoints"]
+    after = [t for t in counted if t["number"] > max(swept)]
+    assert any(t["user_attrs"]["tree"]["decisions"] for t in after), "the restarted driver took no decision"
+
+    loaded = optuna.load_study(study_name=name, storage=storage_url)
+    assert [t.number for t in loaded.trials] == sorted(trials)
+    for frozen in loaded.trials:
+        assert frozen.state != optuna.trial.TrialState.RUNNING
+        if frozen.state == optuna.trial.TrialState.COMPLETE:
+            assert sorted(frozen.intermediate_values) == list(range(epochs))
+    dashboard, url = start_dashboard(storage_url, str(server.workdir / "artifacts"))
+    try:
+        summaries = httpx.get(f"{url}/api/studies", timeout=10).json()["study_summaries"]
+        dashboard_id = next(s["study_id"] for s in summaries if s["study_name"] == name)
+        detail = httpx.get(f"{url}/api/studies/{dashboard_id}", timeout=10).json()
+        shown = {t["number"]: t for t in detail["trials"]}
+        assert all(len(shown[t["number"]]["intermediate_values"]) == epochs for t in counted
+                   if t["state"] == "COMPLETE")
     finally:
         stop_group(dashboard)

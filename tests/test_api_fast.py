@@ -117,6 +117,29 @@ BAD_INPUTS = [
     (("schedule",), {"choices": [{"family": "constant", "lr": 0.1}] * 65}, ["body", "schedule", "choices"]),
     (("schedule",), {"family": "phases", "phases": [{"lr": 0.1}] * 17, "transition_epochs": list(range(1, 17))},
      ["body", "schedule", "phases"]),
+    # The search strategy: the tree's options within their bounds, plain takes none.
+    (("strategy",), {"name": "forest"}, ["body", "strategy", "name"]),
+    (("strategy",), {"name": "tree", "grid": 1}, ["body", "strategy", "grid"]),
+    (("strategy",), {"name": "tree", "grid": 2.5}, ["body", "strategy", "grid"]),
+    (("strategy",), {"name": "tree", "reduction_factor": 1}, ["body", "strategy", "reduction_factor"]),
+    (("strategy",), {"name": "tree", "gate_threshold": 2}, ["body", "strategy", "gate_threshold"]),
+    (("strategy",), {"name": "tree", "gate_min_pairs": 2}, ["body", "strategy", "gate_min_pairs"]),
+    (("strategy",), {"name": "tree", "cooldown_fraction": 0}, ["body", "strategy", "cooldown_fraction"]),
+    (("strategy",), {"name": "tree", "max_bytes": 10}, ["body", "strategy", "max_bytes"]),
+    (("strategy",), {"name": "tree", "depth": 3}, ["body", "strategy", "depth"]),
+    (("strategy",), {"name": "plain", "grid": 3}, ["body", "strategy", "grid"]),
+]
+TREE = {"name": "tree"}
+TREE_CONFLICTS = [
+    # (overrides of small_spec beside a tree strategy, the field the error must name)
+    ({"schedule": {"family": "constant", "lr": 0.1}}, ["body", "strategy", "name"]),
+    ({"schedule": {"family": "phases", "phases": [{"lr": 0.1}], "transition_epochs": []}},
+     ["body", "schedule", "phases"]),
+    ({"schedule": {"family": "phases", "phases": [{"lr": 0.1}, {"lr": 0.01}],
+                   "transition_epochs": [{"low": 1.2, "high": 1.8}]}}, ["body", "schedule", "transition_epochs", 0]),
+    ({"early_stopping": {"policy": "asha"}}, ["body", "early_stopping", "policy"]),
+    ({"branching": {"enabled": True}}, ["body", "branching", "enabled"]),
+    ({"seed_policy": {"init": "trial"}}, ["body", "seed_policy", "init"]),
 ]
 
 
@@ -128,6 +151,23 @@ def test_invalid_spec_gets_422_naming_the_field(client, path, value, loc):
     locs = [d["loc"] for d in response.json()["detail"]]
     assert loc in locs, locs
     assert client.get("/studies").json() == before  # nothing half-created
+
+
+@pytest.mark.parametrize("overrides,loc", TREE_CONFLICTS, ids=[str(c[1][-1]) for c in TREE_CONFLICTS])
+def test_a_tree_study_that_cannot_share_prefixes_gets_422_naming_the_field(client, overrides, loc):
+    before = client.get("/studies").json()
+    response = client.post("/studies", json=small_spec("bad-tree", strategy=TREE, **overrides))
+    assert response.status_code == 422, response.text
+    assert loc in [d["loc"] for d in response.json()["detail"]], response.text
+    assert client.get("/studies").json() == before
+
+
+def test_a_tree_study_is_stored_with_its_options(client):
+    created = client.post("/studies", json=small_spec("tree-ok", strategy={"name": "tree", "grid": 4}))
+    assert created.status_code == 201, created.text
+    strategy = created.json()["spec"]["strategy"]
+    assert strategy["name"] == "tree" and strategy["grid"] == 4 and strategy["gate_threshold"] == 0.5, strategy
+    assert client.post("/studies", json=small_spec("plain-ok")).json()["spec"]["strategy"] == {"name": "plain"}
 
 
 def test_a_study_asking_too_many_epochs_is_refused(client):

@@ -160,7 +160,7 @@ def test_a_build_keeps_the_seeds_its_table_holds_and_tables_of_disjoint_seeds_me
 
 # ---- the tree (issue 23, step 2) --------------------------------------------------------------------------------
 
-import tree_policy  # noqa: E402
+from phasetune.workers import tree as workers_tree  # noqa: E402
 
 TRANSITIONS = (2, 4)
 
@@ -215,35 +215,35 @@ def test_the_large_lr_late_decay_best_that_asha_stops_is_kept_by_the_tree():
 
 def test_a_gate_below_its_threshold_stops_nothing():
     grid = late_decay_seed()
-    closed = tree_sim.Sim(EPOCHS, 40, "val_accuracy", 1.0, 10, tree_policy.TreeOptions(gate_threshold=1.01))
+    closed = tree_sim.Sim(EPOCHS, 40, "val_accuracy", 1.0, 10, workers_tree.TreeOptions(gate_threshold=1.01))
     for k in range(3):
         run = tree_sim.simulate("tree", grid, k, closed)
         assert run.stops == {} and run.stopped_top == 0 and run.completed >= run.trials - 1  # the last: maybe cut
     # The rule alone: a rung whose signal disagrees with the completed leaves' finals records, and stops nothing.
-    policy = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS)
+    policy = workers_tree.TreePolicy(workers_tree.TreeOptions(), EPOCHS)
     for trunk in range(6):
-        policy.record_probe(trunk, 2, float(trunk))
+        policy.record_probe(str(trunk), 2, float(trunk))
     for n in range(12):  # probes anti-correlated with the finals
-        policy.complete(n % 6, 2, {}, -float(n % 6))
-    held = policy.prefix(0, 2)
+        policy.complete({2: str(n % 6)}, 2, {}, -float(n % 6))
+    held = policy.prefix("0", 2)
     assert held.would_stop and not held.stop and held.gate is not None and held.gate < 0
     assert "recorded only" in held.reason
-    agreeing = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS)
+    agreeing = workers_tree.TreePolicy(workers_tree.TreeOptions(), EPOCHS)
     for trunk in range(6):
-        agreeing.record_probe(trunk, 2, float(trunk))
+        agreeing.record_probe(str(trunk), 2, float(trunk))
     for n in range(12):
-        agreeing.complete(n % 6, 2, {}, float(n % 6))
-    assert agreeing.prefix(0, 2).stop and not agreeing.prefix(5, 2).stop
+        agreeing.complete({2: str(n % 6)}, 2, {}, float(n % 6))
+    assert agreeing.prefix("0", 2).stop and not agreeing.prefix("5", 2).stop
     state = json.loads(json.dumps(agreeing.state.to_dict()))  # serializable: a reloaded state decides the same
-    again = tree_policy.TreePolicy(tree_policy.TreeOptions(), EPOCHS, tree_policy.TreeState.from_dict(state))
-    assert again.prefix(0, 2).stop and again.agreement("prefix:2") == agreeing.agreement("prefix:2")
+    again = workers_tree.TreePolicy(workers_tree.TreeOptions(), EPOCHS, workers_tree.TreeState.from_dict(state))
+    assert again.prefix("0", 2).stop and again.agreement("prefix:2") == agreeing.agreement("prefix:2")
 
 
 def test_the_tree_charges_each_prefix_once_and_its_probes_and_stops_a_diverged_trunk_at_once():
     finals = {(i, k, p): 0.5 + 0.01 * i + 0.02 * k + 0.001 * p for i, k, p in itertools.product(range(3), range(2),
                                                                                               range(2))}
     grid = tree_seed([0.4, 0.5, 0.6], [0.4, 0.5, 0.6], finals, diverged_trunk=0)
-    closed = tree_policy.TreeOptions(gate_threshold=1.01)  # no gated stop: the ledger alone
+    closed = workers_tree.TreeOptions(gate_threshold=1.01)  # no gated stop: the ledger alone
     sim = tree_sim.Sim(EPOCHS, 100, "val_accuracy", 1.0, 10, closed)
     run = tree_sim.simulate("tree", grid, 0, sim)
     leaves = grid.entry["leaves"]

@@ -25,13 +25,14 @@ from ray.tune.search import Searcher
 from phasetune.search_spaces import SpecError, build_plan, sample_schedule, space
 from phasetune.search_spaces.plot import upload_schedule_png
 from phasetune.workers import branching, early_stopping, optuna_study, results, study_attrs
-from phasetune.workers.checkpoints import CheckpointStore
+from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
 from phasetune.workers.early_stopping import Decision, EarlyStopper, TrialRecords
 from phasetune.workers.epoch_log import EpochLog
 from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import TrialEnd, TrialOutcome
 from phasetune.workers.spec import TRIAL_CONFIG, Direction, StudySpec
 from phasetune.workers.study_attrs import EndedBy
+from phasetune.workers.tree import TREE_ATTR, GriddedTrial, Leaf, TreeDecision, TreeSearch, prefix_rungs, trunk_id
 from phasetune.workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
@@ -54,6 +55,8 @@ class OptunaStudySearcher(Searcher):
         self._stops: dict[str, Decision] = {}  # trials early stopping has stopped, until they end
         self._cooldown: dict[str, dict[str, float]] = {}  # each running trial's cooldown-probe cost so far
         self._checkpoint_root = checkpoint_root  # the study's checkpoint store, when it branches
+        self._leaves: dict[str, Leaf] = {}  # a tree study's running leaves
+        self._tree_stops: dict[str, TreeDecision] = {}  # leaves the tree has stopped, until they end
 
     @property
     def _study(self) -> optuna.Study:
@@ -126,15 +129,45 @@ class OptunaStudySearcher(Searcher):
 
     @cached_property
     def _store(self) -> CheckpointStore | None:
-        if self._branching is None:
-            return None
-        return CheckpointStore(self._branching["root"], self._branching["max_bytes"])
+        """The study's checkpoint store (branching's, or the tree's trunks'), to report what it holds."""
+        if self._branching is not None:
+            return CheckpointStore(self._branching["root"], self._branching["max_bytes"])
+        tree = self._spec.strategy.tree
+        if tree is not None and self._checkpoint_root is not None:
+            return CheckpointStore(self._checkpoint_root, tree.max_bytes)
+        return None
 
     @cached_property
     def _store_use(self) -> dict[str, int]:
         """The study's reuses so far, counted on from what earlier drivers recorded."""
         recorded = self._study.user_attrs.get(study_attrs.CHECKPOINTS) or {}
         return {"reuses": int(recorded.get("reuses", 0)), "reused_epochs": int(recorded.get("reused_epochs", 0))}
+
+    @cached_property
+    def _tree(self) -> TreeSearch | None:
+        """A tree study's decisions, over the state earlier drivers left in the study's attrs."""
+        options = self._spec.strategy.tree
+        if options is None:
+            return None
+        return TreeSearch(options, self._spec.epochs, self._spec.objective.metric,
+                          maximize=self._spec.objective.direction is Direction.MAXIMIZE,
+                          state=self._study.user_attrs.get(study_attrs.TREE_STATE))
+
+    def _save_tree(self) -> None:
+        tree = self._tree
+        if tree is not None and tree.changed:
+            self._handle.set_attr(study_attrs.TREE_STATE, tree.state())
+            self._handle.set_attr(study_attrs.TREE, tree.summary())
+            tree.changed = False
+
+    def _leaf(self, trial: optuna.Trial, schedule: dict[str, Any], plan: Any) -> Leaf:
+        """Trial ``trial`` as a leaf: its trunk, the epoch its last phase begins, its prefix at each candidate."""
+        transition = int(schedule["transition_epochs"][-1])
+        rungs = prefix_rungs(self._spec.schedule, self._spec.epochs, transition)
+        keys = prefix_keys(self._spec.workload.name, self._spec.workload.params, self._spec.trial_seeds(trial.number),
+                           plan, [r - 1 for r in rungs])
+        return Leaf(trial.number, trunk_id(trial.params), transition,
+                    {r: key[:12] for r in rungs if (key := keys[r - 1]) is not None})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while not self._handle.ending and self.remaining() > 0:
@@ -143,17 +176,32 @@ class OptunaStudySearcher(Searcher):
                                            maximize=self._spec.objective.direction is Direction.MAXIMIZE,
                                            startup=self._spec.sampler.n_startup_trials, seed=self._spec.sampler_seed)
             trial = self._study.ask()
+            tree = self._spec.strategy.tree
+            sampled = trial if tree is None else GriddedTrial(trial, len(self._spec.schedule["phases"]), tree.grid)
             try:
-                schedule = sample_schedule(trial, self._spec.schedule, self._spec.epochs, self._units)
-                build_plan(schedule, self._spec.epochs, self._spec.steps_per_epoch)  # as the trial will
+                schedule = sample_schedule(sampled, self._spec.schedule, self._spec.epochs, self._units)
+                plan = build_plan(schedule, self._spec.epochs, self._spec.steps_per_epoch)  # as the trial will
             except SpecError as err:  # this sample breaks a rule of its family: this trial fails, the study not
                 optuna_study.tell(self._study, trial, TrialEnd(TrialOutcome.FAIL, reason=f"invalid sample: {err}"))
                 self._ended += 1
                 continue
-            return self._start(trial_id, trial, schedule)
+            leaf = None
+            if self._tree is not None:
+                leaf = self._leaf(trial, schedule, plan)
+                self._tree.start(leaf)
+                stopped = self._tree.admit(leaf)
+                self._save_tree()
+                if stopped is not None:  # its prefix is already known to be below its peers: not trained at all
+                    trial.set_user_attr(study_attrs.SCHEDULE, schedule)
+                    trial.set_user_attr(TREE_ATTR, leaf.attrs())
+                    optuna_study.tell(self._study, trial, TrialEnd(TrialOutcome.PRUNED, reason=stopped.reason))
+                    self._ended += 1
+                    continue
+            return self._start(trial_id, trial, schedule, leaf)
         return Searcher.FINISHED
 
-    def _start(self, trial_id: str, trial: optuna.Trial, schedule: dict[str, Any]) -> dict[str, Any]:
+    def _start(self, trial_id: str, trial: optuna.Trial, schedule: dict[str, Any],
+               leaf: Leaf | None = None) -> dict[str, Any]:
         seeds = self._spec.trial_seeds(trial.number)
         trial.set_user_attr(study_attrs.SCHEDULE, schedule)
         trial.set_user_attr(study_attrs.SEEDS, seeds.as_attrs())
@@ -167,6 +215,14 @@ class OptunaStudySearcher(Searcher):
                 self._handle.artifact_store)
         self._trials[trial_id] = trial
         self._logs[trial_id] = EpochLog()
+        if leaf is not None and self._tree is not None:  # the tree: its prefix from the store, probed where new
+            self._leaves[trial_id] = leaf
+            trial.set_user_attr(TREE_ATTR, leaf.attrs())
+            branch = None if self._checkpoint_root is None else {
+                "root": self._checkpoint_root, "max_bytes": self._tree.policy.options.max_bytes,
+                "epochs": [r - 1 for r in sorted(leaf.prefixes)], "parent": None}
+            probe_at = leaf.probe_at(self._tree.policy)
+            return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule, branch, probe_at)}
         branch = None if self._branching is None else {
             **self._branching, "parent": trial.user_attrs.get(branching.BRANCH_OF)}
         return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule, branch)}
@@ -176,21 +232,48 @@ class OptunaStudySearcher(Searcher):
         ``on_trial_result``); the score it read is recorded in the trial's attrs first, and so is what the trial's
         cooldown probes have cost so far."""
         trial = self._trials.get(trial_id)
-        if trial is None or not self._early.active or results.TRIAL_ERROR in result:
+        if trial is None or results.TRIAL_ERROR in result:
+            return False
+        if trial_id in self._leaves:
+            return self._tree_should_stop(trial_id, trial, result)
+        if not self._early.active:
             return False
         decision, attrs = self._early.decide(trial.number, result)
-        if early_stopping.COOLDOWN_STEPS in result and not result.get(results.REUSED):  # (its parent paid that)
-            cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
-            cost["probes"] += 1
-            cost["steps"] += int(result[early_stopping.COOLDOWN_STEPS])
-            cost["seconds"] += float(result.get(early_stopping.COOLDOWN_SECONDS, 0.0))
-            attrs[early_stopping.COOLDOWN_ATTR] = dict(cost)
+        attrs.update(self._probe_cost(trial_id, result))
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if decision is None or not decision.stop:
             return False
         self._stops[trial_id] = decision
         return True
+
+    def _tree_should_stop(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any]) -> bool:
+        """The tree's decision after a leaf's epoch; its attrs (decisions, probe cost) when something was decided."""
+        assert self._tree is not None
+        leaf = self._leaves[trial_id]
+        before = len(leaf.decisions)
+        decision = self._tree.on_result(leaf, result, reused=bool(result.get(results.REUSED)))
+        self._save_tree()
+        attrs = self._probe_cost(trial_id, result)
+        if len(leaf.decisions) > before:
+            attrs[TREE_ATTR] = leaf.attrs()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if decision is None or not decision.stop:
+            return False
+        self._tree_stops[trial_id] = decision
+        return True
+
+    def _probe_cost(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """What the trial's cooldown probes have cost so far, as an attr, when this result carries one."""
+        attrs: dict[str, Any] = {}
+        if early_stopping.COOLDOWN_STEPS in result and not result.get(results.REUSED):  # (its parent paid that)
+            cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
+            cost["probes"] += 1
+            cost["steps"] += int(result[early_stopping.COOLDOWN_STEPS])
+            cost["seconds"] += float(result.get(early_stopping.COOLDOWN_SECONDS, 0.0))
+            attrs[early_stopping.COOLDOWN_ATTR] = dict(cost)
+        return attrs
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Constant work per epoch: the objective as the epoch's intermediate value, the epoch's record into its
@@ -225,9 +308,11 @@ class OptunaStudySearcher(Searcher):
         if result and "epoch" in result and self._logs[trial_id].epochs <= int(result["epoch"]):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         decision = self._stops.get(trial_id)
+        tree_stop = self._tree_stops.get(trial_id)
+        stopped_by = decision.reason if decision is not None else tree_stop.reason if tree_stop is not None else None
         end = optuna_study.trial_end(result, lost=error, stop_requested=self._handle.ending,
                                      metric=self._spec.objective.metric, time_limit_s=self._spec.trial_time_limit_s,
-                                     stopped_by=None if decision is None else decision.reason)
+                                     stopped_by=stopped_by)
         if decision is not None and end.outcome is TrialOutcome.PRUNED:
             for key, value in decision.attrs(self._spec.early_stopping.policy).items():
                 self._trials[trial_id].set_user_attr(key, value)
@@ -256,7 +341,14 @@ class OptunaStudySearcher(Searcher):
         if last is not None and last.get(results.BRANCH):
             self._record_branch(trial, json.loads(last[results.BRANCH]))
         self._stops.pop(trial_id, None)
+        self._tree_stops.pop(trial_id, None)
         self._cooldown.pop(trial_id, None)
+        leaf = self._leaves.pop(trial_id, None)
+        if leaf is not None and self._tree is not None:
+            if end.outcome is TrialOutcome.COMPLETE and end.value is not None:
+                self._tree.complete(leaf, end.value)
+            trial.set_user_attr(TREE_ATTR, leaf.attrs())
+            self._save_tree()
         if self._early.active:
             self._early.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
         log = self._logs.pop(trial_id, None)

@@ -26,6 +26,8 @@ STARTED_AT = "phasetune:started_at"  # time.time() when its first driver began r
 CONCURRENCY = "phasetune:concurrency"  # max_concurrent_trials as the driver ran it, capped by the cluster's slots
 ENDED_BY = "phasetune:ended_by"  # an EndedBy value, set when a limit rather than its trial budget ended it
 CHECKPOINTS = "phasetune:checkpoints"  # the branching store: {checkpoints, bytes, reuses, reused_epochs}
+TREE_STATE = "phasetune:tree_state"  # the tree strategy's decisions' inputs (workers.tree.TreeState, JSON)
+TREE = "phasetune:tree"  # what GET /studies/{id} shows of it (workers.tree.TreeSearch.summary)
 PROBES = "phasetune:probes"  # the probes' full results: {"curvature": {...}, "lr_range": {...}, "units", "device"}
 
 # Trial user attrs.

@@ -12,19 +12,27 @@ import math
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from phasetune.search_spaces.phased import PhasedOptimizer, realised_momentum
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.cooldown import cooldown_probe
-from phasetune.workers.early_stopping import INITIAL_LOSS, LARGE_STEP, ProbeSchedule
+from phasetune.workers.early_stopping import INITIAL_LOSS, LARGE_STEP
 from phasetune.workers.results import LAST_EPOCH
 from phasetune.workers.seeding import batch_order, stream_seed
 from phasetune.workers.workloads import Workload
 
 EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training here (an early stop)
+
+
+class Probes(Protocol):
+    """When to run a cooldown probe: early stopping's ``ProbeSchedule`` or the tree's ``FixedProbes``."""
+
+    fraction: float
+
+    def due(self, completed: int, large_step: bool) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def train(workload: Workload, plan: Plan, epochs: int, *, order_seed: int = 0,
-          on_epoch: EpochCallback | None = None, probes: ProbeSchedule | None = None,
+          on_epoch: EpochCallback | None = None, probes: Probes | None = None,
           checkpoint_at: Container[int] = (), on_checkpoint: Callable[[Checkpoint], None] | None = None,
           resume: Checkpoint | None = None) -> list[dict[str, Any]]:
     """Train ``workload`` for up to ``epochs`` epochs under ``plan``; return (and stream) per-epoch metrics.

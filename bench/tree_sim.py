@@ -184,6 +184,8 @@ class Run:
     stops: dict[str, int] = field(default_factory=dict)  # the tree's stops by kind (prefix, leaf, diverged)
     first_stop: float = math.inf  # epochs spent when the tree's first gated stop came (its gates' warm-up)
     top_stops: dict[str, int] = field(default_factory=dict)  # the tree's stops of top-5% trials, by kind
+    outcomes: list[str | None] = field(default_factory=list)  # the tree: each trial's stop kind (None: completed)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # the tree: every decision, in order
 
     def complete(self, signed: float) -> None:
         self.completed += 1
@@ -267,7 +269,7 @@ def run_top1epoch(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
     return run
 
 
-def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
+def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim, configs: Iterator[int] | None = None) -> Run:
     """The schedule tree (``phasetune.workers.tree`` decides, as live), one trial after another on the paired stream.
 
     A trial (a configuration: a leaf) needs its trunk's prefix up to its transition t. The trunk grows lazily, only
@@ -276,7 +278,8 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
     table's probe steps). At each candidate r <= t the prefix decision is taken; then the leaf resumes from the
     trunk's checkpoint at t (its own epochs charged) with the leaf decisions at its depths after the decay. A
     diverged trunk stops every leaf that needs it past its divergence, at no further cost. A run ends when its
-    budget is spent, or when a whole pass over the grid spent nothing (every configuration is stopped for free)."""
+    budget is spent, or when a whole pass over the grid spent nothing (every configuration is stopped for free), or
+    when ``configs`` (the configurations in the order a live study drew them; default: the paired stream) ends."""
     if grid.entry is None:
         raise ValueError("the tree reads the table's trunks and leaves: SeedGrid.entry is missing")
     trunks = [trunk["history"] for trunk in grid.entry["trunks"]]
@@ -285,15 +288,17 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
     policy = TreePolicy(sim.tree, sim.epochs)
     grown = [0] * len(trunks)  # epochs each trunk has trained
     probed: set[tuple[int, int]] = set()
-    run = Run(grid.seed, sampler_seed)
-    configs = stream(len(grid.finals), grid.seed, sampler_seed)
+    run = Run(grid.seed, sampler_seed, decisions=policy.state.decisions)
+    configs = configs if configs is not None else stream(len(grid.finals), grid.seed, sampler_seed)
     idle = 0  # consecutive trials that spent nothing
 
     def over() -> bool:
         return run.spent >= sim.budget - 1e-9
 
     while not over() and idle < len(grid.finals):
-        c = next(configs)
+        c = next(configs, None)
+        if c is None:
+            break
         number, run.trials, before = run.trials, run.trials + 1, run.spent
         i, t = int(leaves[c]["trunk"]), int(leaves[c]["transition_epoch"])
         trunk, history = trunks[i], grid.histories[c]
@@ -342,6 +347,7 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
                 if result["last_epoch"]:
                     break
         value = None if stop or cut else completed_value(history, sim.epochs, sim.metric)
+        run.outcomes.append(stop)
         if stop:
             run.stops[stop] = run.stops.get(stop, 0) + 1
             if stop != "diverged":

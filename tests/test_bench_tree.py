@@ -261,3 +261,59 @@ def test_the_tree_charges_each_prefix_once_and_its_probes_and_stops_a_diverged_t
     assert [spent for spent, _ in run.events[:len(expected)]] == pytest.approx(expected)
     assert run.stops["diverged"] >= 4 and set(run.stops) == {"diverged"}
     assert run.probe == pytest.approx(0.5 * 4)  # 2 trunks x 2 candidates, 5 steps of 10 each, once per run
+
+
+# ---- the simulation is the live tree (issue 23, step 3) ---------------------------------------------------------
+
+
+def test_the_simulation_takes_the_live_tree_studys_decisions_and_ends_with_its_incumbent(tmp_path, postgres_url):
+    """A tree study run through the searcher and the trainable's own code (in this process, one trial after
+    another, on PostgreSQL) and ``tree_sim.run_tree`` over a table of the same grid, fed the configurations in the
+    order the live study drew them: the same decision at every rung (kind, outcome, signal, bit for bit), the same
+    stopped trials, the same incumbent."""
+    import optuna
+
+    from phasetune.service.db import migrate
+    from phasetune.workers import study_attrs
+    from phasetune.workers.handle import StudyHandle
+    from phasetune.workers.searcher import OptunaStudySearcher
+    from phasetune.workers.spec import StudySpec
+    from tests.factories import drive
+
+    epochs, lrs, transitions = 6, [0.1, 0.3, 0.9], [2, 3]
+    options = {"grid": 3, "min_peers": 2, "reduction_factor": 2, "gate_threshold": -1, "gate_min_pairs": 3}
+    grid = tree_table.Grid.parse({"phase1_lr": lrs, "transitions": transitions, "phase2_effective_lr": [0.01],
+                                  "phase2_momentum": [0.9]}, epochs)
+    document = tree_table.build(tree_table.make_setup("digits", {}, grid, epochs), [0], tmp_path / "t.json.gz")
+    entry = document["seeds"]["0"]
+
+    point = grid.space(0, 0, 0)  # the table's own space, its shared settings and transition made ranges
+    point["phases"][0]["lr"] = {"low": lrs[0], "high": lrs[-1], "log": True, "unit": "lr_crit"}
+    point["transition_epochs"] = [{"low": transitions[0], "high": transitions[-1]}]
+    spec = {"name": "live-tree", "workload": {"name": "digits", "params": {}}, "epochs": epochs,
+            "objective": {"metric": "val_accuracy", "direction": "maximize"}, "schedule": point, "n_trials": 12,
+            "sampler": {"name": "random", "seed": 0}, "seed": 0, "strategy": {"name": "tree", **options}}
+    migrate(postgres_url)
+    study = optuna.create_study(study_name="live-tree", storage=postgres_url, direction="maximize")
+    study.set_user_attr(study_attrs.SPEC, StudySpec.parse(spec).to_dict())
+    searcher = OptunaStudySearcher(StudyHandle(postgres_url, "live-tree"), units=entry["units"],
+                                   checkpoint_root=str(tmp_path / "store"))
+    drive(searcher)
+    searcher.close()
+    trials = optuna.load_study(study_name="live-tree", storage=postgres_url).trials
+
+    order = [grid.configs().index((lrs.index(t.params["phase0.lr"]), transitions.index(t.params["transition_epoch0"]),
+                                   0)) for t in trials]
+    sim = tree_sim.Sim(epochs, 10**6, "val_accuracy", 1.0, document["meta"]["steps_per_epoch"],
+                       workers_tree.TreeOptions(**options))
+    run = tree_sim.run_tree(tree_sim.seed_grid(document, 0, "val_accuracy", 1.0), 0, sim, configs=iter(order))
+
+    def decided(decisions: list[dict[str, Any]]) -> list[tuple[str, bool, float | None]]:
+        return [(d["rung"], d["stop"], d["signal"]) for d in decisions]
+
+    live = [d for t in trials for d in t.user_attrs["tree"]["decisions"]]
+    assert decided(live) == decided(run.decisions) and len(live) > len(trials)
+    outcomes = [None if t.state.name == "COMPLETE" else t.user_attrs["tree"]["decisions"][-1]["rung"].split(":")[0]
+                for t in trials]
+    assert outcomes == run.outcomes and any(outcomes) and not all(outcomes)
+    assert max(t.value for t in trials if t.state.name == "COMPLETE") == run.best

@@ -7,17 +7,18 @@ Methods, run side by side in one invocation on the same search space, budget and
 - ``median`` and ``asha``: TPE with the naive policies (``workers/early_stopping.py``, at their defaults);
 - ``top1epoch``: train configurations for one epoch, keep the top k by that value and train those to the end (the
   cheap baseline Egele et al. 2023, arXiv 2307.15422, report to match multi-fidelity HPO);
-- ``schedule_aware``: TPE with the schedule-aware policy (cooldown probes, no judgement inside the large-step phase);
 - ``schedulefree``: what a user might pick instead of tuning a schedule: ``schedulefree.SGDScheduleFree`` at its
   defaults (momentum 0.9, no warmup, no weight decay) except lr, swept over learning rates for the same budget.
+
+``schedule_aware`` and ``branching`` were retired (replaced by the schedule tree, simulated by ``bench/tree_sim.py``).
 
 How a study runs. Per (method, study seed) one in-memory ``optuna.create_study`` with the service's TPE settings
 (``TPESampler(seed=study seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=5)``); trials run
 one after another in the job's process through the service's own code: ``sample_schedule`` on the space with the
 seed's units, ``build_plan``, ``build_workload`` with ``trial_seeds(study seed, SeedPolicy(), number)`` (every trial
 of a study shares data, initial weights and batch order) and a ``WorkloadCache`` per job, ``workers.train.train``
-with a ``ProbeSchedule`` of the method's policy, and after every epoch ``EarlyStopper.decide`` (then ``finish`` at
-the trial's end). Optuna is told what the service tells it: every epoch's finite objective as ``trial.report(value,
+(no cooldown probes), and after every epoch ``EarlyStopper.decide`` of the method's policy (then ``finish`` at the
+trial's end). Optuna is told what the service tells it: every epoch's finite objective as ``trial.report(value,
 epoch)``; its end is ``workers.optuna_study.trial_end`` of its last result, as in the service (stopped: PRUNED;
 diverged, its training loss non-finite: FAIL however it stopped); an invalid sample FAIL. The service path
 (Ray Tune, the searcher) is tested separately; this bench measures the search, not the orchestration.
@@ -31,16 +32,15 @@ method pays them alike). ``--space`` is a schedule space as a study's ``schedule
 
 Budget. Total training epochs = ``--trials`` x ``--epochs`` (what ``full`` spends when no trial diverges). Every
 method trains until the budget is spent, so a method that stops trials early runs more of them; a trial that
-diverges (and so ends early) leaves budget for more, for every method alike. Cooldown-probe steps count as epochs
-(``cooldown_steps / steps_per_epoch``); validation passes (the probe's included) are not counted as epochs, but are
-in the wall seconds. The budget is checked after every epoch: the trial running when it is spent is cut there
-(that trial is not completed), so a method may overshoot by less than one epoch and a probe.
+diverges (and so ends early) leaves budget for more, for every method alike. Validation passes are not counted as
+epochs, but are in the wall seconds. The budget is checked after every epoch: the trial running when it is spent is
+cut there (that trial is not completed), so a method never overshoots it.
 
 Incumbent and target. A trial counts as a result only if it trained to its last epoch with a finite training loss:
 its final objective value is then something a user could deploy (a pruned trial's partial value, a cut trial's or a
 diverged trial's is not). At every such completion the job records (cumulative epochs, cumulative wall seconds, the
 incumbent: the best of these values so far). Wall seconds run from the job's start, after the data and initial
-model are built (once, in every job alike), and include sampling, training, probes and evaluation. Target = the
+model are built (once, in every job alike), and include sampling, training and evaluation. Target = the
 median over study seeds of ``full``'s final best (a seed without a completed trial counts as the worst value); for an
 even number of seeds the lower median (the worse of the two middle values): with the mean of the two, ``full``
 itself would reach the target on exactly half the seeds and its median epochs-to-target would be infinite.
@@ -58,13 +58,12 @@ Statistics over the study seeds (``--seeds``, at least 10 for the figures to mea
   reference, from a fixed RNG seed); resamples in which the ratio is undefined are left out and counted.
 - final regret = median over seeds of (the best final value any method found on that seed - the method's final
   best), signed so that a regret is >= 0 (infinite where the method completed no trial).
-- mis-prune rate (``median``, ``asha``, ``top1epoch``, ``schedule_aware``; ``full`` is 0 by definition,
-  ``schedulefree`` has none): per seed, the concrete schedule of ``full``'s best trial is trained once more (a
-  ``ProbeSchedule`` of ``schedule_aware``'s config, so the cooldown scores exist; the probe does not change
-  training), keeping every epoch's result. For each policy, those results are replayed into a deep copy of that
-  method's ``EarlyStopper`` **as it stood at the end of the method's run** (its peers then, a fresh trial number):
-  mis-pruned if a decision stops it after an epoch that ends at or before its first decay
-  (``plan.decay_start_step()``; a plan without an LR drop decays at its end). For ``top1epoch``: mis-pruned if its
+- mis-prune rate (``median``, ``asha``, ``top1epoch``; ``full`` is 0 by definition, ``schedulefree`` has none):
+  per seed, the concrete schedule of ``full``'s best trial is trained once more, keeping every epoch's result.
+  For each policy, those results are replayed into a deep copy of that method's ``EarlyStopper`` **as it stood at
+  the end of the method's run** (its peers then, a fresh trial number): mis-pruned if a decision stops it after an
+  epoch that ends at or before its first decay (``plan.decay_start_step()``; a plan without an LR drop decays at its
+  end). For ``top1epoch``: mis-pruned if its
   1-epoch value falls outside that run's top k (k strictly better one-epoch values among the run's n). Rate =
   share of seeds (with a ``full`` result) where it would have been stopped.
 
@@ -91,14 +90,10 @@ counted as epochs) before evaluating.
 Parallelism: ``--workers`` processes (spawn; ``torch.set_num_threads(1)`` in each); jobs are the probes per seed,
 then (method, seed), then the mis-prune replay per seed. ``--workers 1`` runs every job in this process.
 
-Goals (printed with the figures; a goal not met says NO): ``schedule_aware`` reaches the target with >= 3x fewer
-epochs than ``full`` and >= 1.5x fewer than the better naive policy, both interval lower bounds above 1, with a
-final regret no worse than ``full``'s and a mis-prune rate at most half the lower of the naive policies'.
-
 Run: ``.venv/bin/python bench/search_efficiency.py [--workload digits] [--params JSON] [--space SPEC.json]
-[--epochs 30] [--trials 80] [--seeds 10] [--methods full,median,asha,top1epoch,schedule_aware,schedulefree]
+[--epochs 30] [--trials 80] [--seeds 10] [--methods full,median,asha,top1epoch,schedulefree]
 [--metric val_accuracy] [--workers 2] [--json OUT]``. Needs the ``bench`` extra (``schedulefree``) for
-``schedulefree``. Smoke: ``--epochs 4 --trials 4 --seeds 2 --methods full,asha,schedule_aware --workers 1``.
+``schedulefree``. Smoke: ``--epochs 4 --trials 4 --seeds 2 --methods full,asha,top1epoch --workers 1``.
 fashion_mnist (a subset): ``--workload fashion_mnist --params '{"n_train": 2000, "n_val": 1000, "n_test": 500}'``.
 """
 
@@ -114,7 +109,6 @@ import multiprocessing
 import os
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -128,11 +122,9 @@ import optuna
 import torch
 
 from phasetune.search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
-from phasetune.search_spaces.space import check_expandable, checkpoint_epochs
-from phasetune.workers.branching import Branching, TrialBranch
-from phasetune.workers.checkpoints import CheckpointStore
-from phasetune.workers.early_stopping import COOLDOWN_STEPS, EarlyStopper, EarlyStopping, ProbeSchedule
-from phasetune.workers.optuna_study import TrialOutcome, enqueue_child, sampler_for, trial_end
+from phasetune.search_spaces.space import check_expandable
+from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping
+from phasetune.workers.optuna_study import TrialOutcome, sampler_for, trial_end
 from phasetune.workers.results import LAST_EPOCH
 from phasetune.workers.seeding import SeedPolicy, batch_order, stream_seed, trial_seeds
 from phasetune.workers.spec import SamplerSpec
@@ -140,11 +132,10 @@ from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload, steps_per_epoch, workloads
 from phasetune.workers.workloads.cache import WorkloadCache
 
-METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "branching", "schedulefree")
-POLICIES = {"full": "none", "median": "median", "asha": "asha", "schedule_aware": "schedule_aware",
-            "branching": "schedule_aware"}
+METHODS = ("full", "median", "asha", "top1epoch", "schedulefree")
+POLICIES = {"full": "none", "median": "median", "asha": "asha"}
 NAIVE = ("median", "asha")
-MISPRUNE_METHODS = ("median", "asha", "top1epoch", "schedule_aware", "branching")
+MISPRUNE_METHODS = ("median", "asha", "top1epoch")
 
 
 def default_space(epochs: int) -> dict[str, Any]:
@@ -170,8 +161,6 @@ FRESH_TRIAL = 10**9  # the trial number the mis-prune replay asks about: one no 
 BN_BATCHES = 50  # schedule-free's BatchNorm recompute (its README's caveat)
 MAX_FAILED_IN_A_ROW = 100  # invalid samples in a row before a job gives up (a space that cannot be sampled)
 MAX_CORNERS = 4096
-GOAL_VS_FULL, GOAL_VS_NAIVE = 3.0, 1.5
-GOAL_BRANCHING_VS_FULL, GOAL_BRANCHING_VS_AWARE = 4.0, 1.5
 
 
 def ok(holds: bool) -> str:
@@ -209,12 +198,11 @@ class Setup:
 
 
 class Ledger:
-    """One job's spending (epochs, cooldown epochs, wall seconds) and its incumbent at every completion."""
+    """One job's spending (epochs, wall seconds) and its incumbent at every completion."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         self.spent = 0.0
-        self.cooldown = 0.0
         self.started = time.perf_counter()
         self.replayed_s = 0.0  # top1epoch's repeated first epochs: not counted
         self.best: float | None = None
@@ -231,12 +219,8 @@ class Ledger:
         return time.perf_counter() - self.started - self.replayed_s
 
     def charge(self, result: Mapping[str, Any]) -> None:
-        """One epoch, and its cooldown probe's steps if it ran one."""
+        """One epoch."""
         self.spent += 1.0
-        steps = result.get(COOLDOWN_STEPS)
-        if steps:
-            self.cooldown += steps / self.setup.steps_per_epoch
-            self.spent += steps / self.setup.steps_per_epoch
 
     def failed(self) -> None:
         self.counts["failed"] += 1
@@ -266,7 +250,7 @@ class Ledger:
 
     def out(self, **extra: Any) -> dict[str, Any]:
         return {"final_best": self.best, "best_schedule": self.best_schedule, "events": self.events,
-                "epochs_spent": self.spent, "cooldown_epochs": self.cooldown, "wall_s": self.seconds(),
+                "epochs_spent": self.spent, "wall_s": self.seconds(),
                 **self.counts, **extra}
 
 
@@ -312,100 +296,37 @@ def ask(study: optuna.Study, setup: Setup, units: Mapping[str, float],
 
 
 def run_tpe(setup: Setup, method: str, seed: int, units: Mapping[str, float]) -> dict[str, Any]:
-    """``full``, ``median``, ``asha``, ``schedule_aware``: TPE trials with the policy's stopper until the budget.
-    ``branching``: ``schedule_aware`` with the service's branching (``workers.branching``) on a checkpoint store in
-    a temporary directory: children proposed and enqueued as the searcher does, each trial resumed from the deepest
-    stored checkpoint of its prefix; reused epochs are reported to Optuna and the stopper again but not charged,
-    and checkpoint I/O counts in the wall seconds."""
+    """``full``, ``median``, ``asha``: TPE trials with the policy's stopper until the budget."""
     config = EarlyStopping.parse({"policy": POLICIES[method]})
     stopper = EarlyStopper(config, setup.epochs, setup.metric, setup.maximize)
     study = make_study(setup, seed)
     cache = warm_cache(setup, seed)
     ledger = Ledger(setup)
-    branches = Branches(setup, seed) if method == "branching" else None
-    with branches or contextlib.nullcontext():
-        while not ledger.exhausted:
-            if branches is not None:
-                branches.enqueue_child(study)
-            asked = ask(study, setup, units, ledger)
-            if asked is None:
-                continue
-            trial, schedule, plan = asked
-            workload, order_seed = workload_for(setup, seed, trial.number, cache)
-            state: dict[str, Any] = {"stopped": False, "cut": False}
+    while not ledger.exhausted:
+        asked = ask(study, setup, units, ledger)
+        if asked is None:
+            continue
+        trial, schedule, plan = asked
+        workload, order_seed = workload_for(setup, seed, trial.number, cache)
+        state: dict[str, Any] = {"stopped": False, "cut": False}
 
-            def judge(result: dict[str, Any], trial: optuna.Trial = trial, state: dict[str, Any] = state) -> bool:
-                report(trial, setup, result)
-                decision, _ = stopper.decide(trial.number, result)
-                if decision is not None and decision.stop:
-                    state["stopped"], state["reason"] = True, decision.reason
-                elif ledger.exhausted and not result[LAST_EPOCH]:
-                    state["cut"] = True
-                return state["stopped"] or state["cut"]
+        def on_epoch(result: dict[str, Any], trial: optuna.Trial = trial, state: dict[str, Any] = state) -> bool:
+            ledger.charge(result)
+            report(trial, setup, result)
+            decision, _ = stopper.decide(trial.number, result)
+            if decision is not None and decision.stop:
+                state["stopped"], state["reason"] = True, decision.reason
+            elif ledger.exhausted and not result[LAST_EPOCH]:
+                state["cut"] = True
+            return state["stopped"] or state["cut"]
 
-            def on_epoch(result: dict[str, Any], judge: Callable[[dict[str, Any]], bool] = judge) -> bool:
-                ledger.charge(result)
-                return judge(result)
-
-            branch, resume = (None, None) if branches is None else branches.open(trial.number, plan)
-            history: list[dict[str, Any]] = []
-            for reused in resume.history if resume is not None else []:  # the prefix's epochs, judged again
-                history.append(reused)
-                if judge(reused):
-                    break
-            else:
-                history = train(workload, plan, setup.epochs, order_seed=order_seed, on_epoch=on_epoch,
-                                probes=ProbeSchedule(config, setup.epochs), resume=resume,
-                                checkpoint_at=branch.checkpoint_at if branch is not None else (),
-                                on_checkpoint=branch.save if branch is not None else None)
-            if branches is not None:
-                branches.ended(branch)
-            end = trial_end(history[-1], lost=False, stop_requested=state["cut"], metric=setup.metric,
-                            stopped_by=state.get("reason"))
-            study.tell(trial, end.value, state=end.outcome.value)
-            stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
-            ledger.ended(history, schedule, state["stopped"], state["cut"])
-    return ledger.out(stopper=stopper, **(branches.out() if branches is not None else {}))
-
-
-class Branches:
-    """The ``branching`` method's store and proposals: the service's ``phasetune.workers.branching`` at its defaults."""
-
-    def __init__(self, setup: Setup, seed: int) -> None:
-        self.setup, self.seed = setup, seed
-        self.config = Branching(enabled=True)
-        self.epochs = list(checkpoint_epochs(setup.space, setup.epochs))
-        self.tmp = tempfile.TemporaryDirectory(prefix="phasetune-bench-ckpt-")
-        self.store = CheckpointStore(self.tmp.name, self.config.max_bytes)
-        self.counts = {"children": 0, "reuses": 0, "reused_epochs": 0, "checkpoints_written": 0,
-                       "checkpoint_bytes": 0, "checkpoint_io_s": 0.0}
-
-    def __enter__(self) -> Branches:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.tmp.cleanup()
-
-    def enqueue_child(self, study: optuna.Study) -> None:
-        proposal = enqueue_child(study, self.config, maximize=self.setup.maximize,
-                                 startup=SamplerSpec().n_startup_trials, seed=self.seed)
-        self.counts["children"] += proposal is not None
-
-    def open(self, number: int, plan: Any) -> tuple[TrialBranch, Any]:
-        seeds = trial_seeds(self.seed, SeedPolicy(), number)
-        branch = TrialBranch.open({"root": self.tmp.name, "max_bytes": self.config.max_bytes, "epochs": self.epochs},
-                                  self.setup.workload, dict(self.setup.params), seeds, plan, number)
-        return branch, branch.resume()
-
-    def ended(self, branch: TrialBranch) -> None:
-        self.counts["reuses"] += branch.parent is not None
-        self.counts["reused_epochs"] += branch.reused_epochs
-        self.counts["checkpoints_written"] += branch.written
-        self.counts["checkpoint_bytes"] += branch.bytes_written
-        self.counts["checkpoint_io_s"] += branch.io_seconds
-
-    def out(self) -> dict[str, Any]:
-        return dict(self.counts)
+        history = train(workload, plan, setup.epochs, order_seed=order_seed, on_epoch=on_epoch)
+        end = trial_end(history[-1], lost=False, stop_requested=state["cut"], metric=setup.metric,
+                        stopped_by=state.get("reason"))
+        study.tell(trial, end.value, state=end.outcome.value)
+        stopper.finish(trial.number, completed=end.outcome is TrialOutcome.COMPLETE)
+        ledger.ended(history, schedule, state["stopped"], state["cut"])
+    return ledger.out(stopper=stopper)
 
 
 def top1_sizes(trials: int, epochs: int) -> tuple[int, int]:
@@ -616,8 +537,7 @@ def misprune_job(setup: Setup, seed: int, schedule: dict[str, Any], stoppers: Ma
     workload, order_seed = workload_for(setup, seed, 0, cache)
     plan = build_plan(schedule, setup.epochs, setup.steps_per_epoch)
     decay_step = plan.decay_start_step() or setup.epochs * setup.steps_per_epoch
-    probes = ProbeSchedule(EarlyStopping.parse({"policy": "schedule_aware"}), setup.epochs)
-    history = train(workload, plan, setup.epochs, order_seed=order_seed, probes=probes)
+    history = train(workload, plan, setup.epochs, order_seed=order_seed)
     out: dict[str, Any] = {"decay_epoch": decay_step / setup.steps_per_epoch}
     for method, stopper in stoppers.items():
         replay = copy.deepcopy(stopper)
@@ -833,31 +753,6 @@ def main() -> None:
     summarize(args, setup, seeds, probes, runs, misprunes, time.perf_counter() - started)
 
 
-def print_branching(runs: Mapping[str, Mapping[int, dict[str, Any]]], seeds: list[int],
-                    summary: dict[str, dict[str, Any]], e2t: Mapping[str, np.ndarray], resamples: np.ndarray,
-                    with_schedule_aware: bool) -> None:
-    """What branching reused and what its checkpoints cost, and its goals."""
-    mine = [runs["branching"][s] for s in seeds]
-    io_s, wall_s = sum(r["checkpoint_io_s"] for r in mine), sum(r["wall_s"] for r in mine)
-    print(f"\nbranching: {sum(r['children'] for r in mine)} children proposed, {sum(r['reuses'] for r in mine)} "
-          f"trials resumed from a checkpoint, {sum(r['reused_epochs'] for r in mine)} epochs reused (not trained), "
-          f"{sum(r['checkpoints_written'] for r in mine)} checkpoints written "
-          f"({sum(r['checkpoint_bytes'] for r in mine) / 1e6:.1f} MB); checkpoint I/O {io_s:.1f} s of "
-          f"{wall_s:.1f} s wall = {100 * io_s / wall_s if wall_s else 0.0:.2f}% (goal < 5%): "
-          f"{ok(io_s < 0.05 * wall_s)}")
-    print("goals:")
-    vs_full = summary["branching"]["ratio_vs_full"]
-    lo = vs_full["ci"][0]
-    print(f"  branching vs full: {fmt_ratio(vs_full)} (goal >= {GOAL_BRANCHING_VS_FULL:g}x, lower bound > 1): "
-          f"{ok(vs_full['median'] >= GOAL_BRANCHING_VS_FULL and lo is not None and lo > 1)}")
-    if with_schedule_aware:
-        vs_aware = summary["branching"]["ratio_vs_schedule_aware"] = ratio_stats(
-            e2t["schedule_aware"], e2t["branching"], resamples)
-        lo = vs_aware["ci"][0]
-        print(f"  branching vs schedule_aware: {fmt_ratio(vs_aware)} (goal >= {GOAL_BRANCHING_VS_AWARE:g}x, lower "
-              f"bound > 1): {ok(vs_aware['median'] >= GOAL_BRANCHING_VS_AWARE and lo is not None and lo > 1)}")
-
-
 def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: Mapping[int, Any],
               runs: Mapping[str, Mapping[int, dict[str, Any]]], misprunes: Mapping[int, Any], wall: float) -> None:
     methods = args.methods
@@ -886,7 +781,6 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
             rate = None
         seconds = [math.inf if to_target[m][s][1] is None else to_target[m][s][1] for s in seeds]
         spent = sum(runs[m][s]["epochs_spent"] for s in seeds)
-        cooldown = sum(runs[m][s]["cooldown_epochs"] for s in seeds)
         summary[m] = {
             "median_epochs_to_target": float(median_of(e2t[m])),
             "ratio_vs_full": ratio_stats(e2t["full"], e2t[m], resamples),
@@ -895,7 +789,6 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
             "misprune_rate": rate,
             "median_seconds_to_target": float(median_of(np.array(seconds))),
             "epochs_spent": spent,
-            "cooldown_share": cooldown / spent if spent else 0.0,
             "trials": sum(runs[m][s]["trials"] for s in seeds),
             "completed": sum(runs[m][s]["completed"] for s in seeds),
             "diverged": sum(runs[m][s]["diverged"] for s in seeds),
@@ -904,9 +797,8 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
     print(f"\ntarget: (lower) median over {len(seeds)} seeds of full's final best {args.metric} = "
           f"{fmt(target, '.4f', 'none')}"
           f"{'' if target is not None else ' (full completed no trial on most seeds: nothing to reach)'}")
-    print("per method and seed (epochs to target include cooldown-probe steps; never: the incumbent never reached "
-          "it, infinity in the statistics; diverged: ended with a non-finite training loss, where schedule_aware's "
-          "divergence check had not stopped it first):")
+    print("per method and seed (never: the incumbent never reached it, infinity in the statistics; diverged: ended "
+          "with a non-finite training loss):")
     for m in methods:
         for s in seeds:
             run, (epochs, seconds) = runs[m][s], to_target[m][s]
@@ -915,11 +807,11 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
             print(f"  {m:<14} seed {s:>2}: to target {fmt(epochs)} epochs / {fmt(seconds)} s, final best "
                   f"{fmt(run['final_best'], '.4f', 'none')}; {run['trials']} trials ({run['completed']} completed, "
                   f"{run['stopped']} stopped, {run['cut']} cut, {run['diverged']} diverged, {run['failed']} invalid), "
-                  f"{run['epochs_spent']:.1f} epochs ({run['cooldown_epochs']:.1f} cooldown){extra}")
+                  f"{run['epochs_spent']:.1f} epochs{extra}")
     print(f"\nsummary over {len(seeds)} seeds (ratio: median epochs-to-target of the reference / the method's, 95% "
           f"paired bootstrap interval; naive = the better of median/asha: {naive or 'not run'}):")
     header = (f"  {'method':<14} {'epochs→target':>13} {'vs full':>22} {'vs naive':>22} {'regret':>8} "
-              f"{'mis-prune':>9} {'s→target':>9} {'epochs spent (cooldown)':>24} {'trials':>7} {'diverged':>8}")
+              f"{'mis-prune':>9} {'s→target':>9} {'epochs spent':>12} {'trials':>7} {'diverged':>8}")
     print(header)
     for m in methods:
         row = summary[m]
@@ -927,46 +819,13 @@ def summarize(args: argparse.Namespace, setup: Setup, seeds: list[int], probes: 
         print(f"  {m:<14} {fmt(row['median_epochs_to_target']):>13} {fmt_ratio(row['ratio_vs_full']):>22} "
               f"{fmt_ratio(row['ratio_vs_naive']):>22} {fmt(row['final_regret'], '.4f', 'inf'):>8} {rate:>9} "
               f"{fmt(row['median_seconds_to_target']):>9} "
-              f"{row['epochs_spent']:>14.0f} ({100 * row['cooldown_share']:4.1f}%) {row['trials']:>7} "
-              f"{row['diverged']:>8}")
+              f"{row['epochs_spent']:>12.0f} {row['trials']:>7} {row['diverged']:>8}")
     undefined = {m: (summary[m]["ratio_vs_full"]["undefined_resamples"]) for m in methods
                  if summary[m]["ratio_vs_full"]["undefined_resamples"]}
     if undefined:
         print(f"  (resamples left out of the vs-full interval, neither reaching the target: {undefined})")
     print(f"probes: {sum(p['seconds'] for p in probes.values()):.1f} s in all, outside every method's figures; "
           f"wall {wall:.0f} s in all")
-
-    if "schedule_aware" in methods:
-        print("\ngoals:")
-        ours = summary["schedule_aware"]
-        vs_full = ours["ratio_vs_full"]
-        lo = vs_full["ci"][0]
-        holds = vs_full["median"] >= GOAL_VS_FULL and lo is not None and lo > 1
-        print(f"  schedule_aware vs full: {fmt_ratio(vs_full)} (goal >= {GOAL_VS_FULL:g}x, lower bound > 1): "
-              f"{ok(holds)}")
-        if naive:
-            vs_naive = ours["ratio_vs_naive"]
-            lo = vs_naive["ci"][0]
-            holds = vs_naive["median"] >= GOAL_VS_NAIVE and lo is not None and lo > 1
-            print(f"  schedule_aware vs {naive} (the better naive policy): {fmt_ratio(vs_naive)} (goal >= "
-                  f"{GOAL_VS_NAIVE:g}x, lower bound > 1): {ok(holds)}")
-        regret, full_regret = ours["final_regret"], summary["full"]["final_regret"]
-        print(f"  final regret: schedule_aware {fmt(regret, '.4f', 'inf')}, full {fmt(full_regret, '.4f', 'inf')} "
-              f"(goal: no worse than full's){'' if math.isfinite(regret) else ', undefined'}: "
-              f"{ok(math.isfinite(regret) and regret <= full_regret)}")
-        if naive_present:
-            rates = {m: summary[m]["misprune_rate"] for m in naive_present}
-            mine = ours["misprune_rate"]
-            if mine is None or any(r is None for r in rates.values()):
-                print(f"  mis-prune rate: schedule_aware {mine}, {rates}: not measured (full completed no trial)")
-            else:
-                bar = 0.5 * min(rates.values())
-                said = ", ".join(f"{m} {r:.2f}" for m, r in rates.items())
-                print(f"  mis-prune rate: schedule_aware {mine:.2f}, {said} (goal <= half the lower, {bar:.2f}): "
-                      f"{ok(mine <= bar)}")
-
-    if "branching" in methods:
-        print_branching(runs, seeds, summary, e2t, resamples, "schedule_aware" in methods)
 
     if args.json:
         out_runs = {m: {str(s): {

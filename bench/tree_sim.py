@@ -2,17 +2,17 @@
 (issue 23: step 1, the pre-checks with today's methods simulated; step 2, the tree).
 
 Each method runs over the table exactly as it runs live, one trial after another: every trial's epoch results
-are what a live trial of its configuration reports (``tree_table.trial_history``: the same metrics, and the
-cooldown probe exactly where its ``ProbeSchedule`` would run one), fed to the service's own
+are what a live trial of its configuration reports (``tree_table.trial_history``: the same metrics), fed to the
+service's own
 ``workers.early_stopping.EarlyStopper``; epochs and probe steps are charged as ``bench/search_efficiency.py``'s
 ledger charges them (an epoch is 1, a probe ``cooldown_steps / steps_per_epoch``), until ``--trials`` x epochs
 are spent (the trial running then is cut). A trial counts as a result when it trains to its last epoch with a
 finite training loss; the incumbent is the best such final value so far.
 
-- ``full``: every trial to its last epoch; ``median``, ``asha``: the naive policies at their defaults;
-  ``schedule_aware``: today's policy (cooldown probes, no judgement inside the large-step phase), a reference
-  until the tree retires it; ``top1epoch``: ``search_efficiency.top1_sizes`` one-epoch evaluations, the best
-  continued (retraining from scratch is exact, so only epochs past the first are charged).
+- ``full``: every trial to its last epoch; ``median``, ``asha``: the naive policies at their defaults
+  (``schedule_aware``, a reference in step 1, is retired: the tree replaced it); ``top1epoch``:
+  ``search_efficiency.top1_sizes`` one-epoch evaluations, the best continued (retraining from scratch is exact, so
+  only epochs past the first are charged).
 - ``tree``: the schedule tree (``run_tree``; ``phasetune.workers.tree`` takes every decision, with its defaults on
   every workload): each distinct prefix (a trunk) trained once per run, lazily, probed once at each transition
   candidate it reaches; a trial is a leaf resumed from its trunk's checkpoint. Trunk epochs are charged once per
@@ -20,8 +20,8 @@ finite training loss; the incumbent is the best such final value so far.
   reference: an oracle with the tree's sharing that stops, for free, every trial that would not improve the
   incumbent (``run_oracle``).
 - Sampler: random search, the same configuration stream for every method (paired): per (data seed, sampler
-  seed) a random permutation of the grid, then another, and so on. (``branching`` is left out: it needs TPE's
-  top trials and is retired by the tree; TPE over the table is not simulated here.)
+  seed) a random permutation of the grid, then another, and so on. (``branching``, retired by the tree, was left
+  out: it needed TPE's top trials. TPE over the table is not simulated here.)
 
 Metrics. Per data seed, from its own grid (every configuration's final value; a diverged one counts as the
 seed's worst finite final): the **target** is the top-5% quality level (the ``ceil(5% x n)``-th best final), the
@@ -55,7 +55,7 @@ Pre-checks, printed from the table before any ratio (a failed one says so, and r
   with its lower bound > 0. A failure rules out the tree's prefix decisions (step 2).
 
 Run: ``.venv/bin/python bench/tree_sim.py --workload ps10 --params '{"noise": 0.1}' [--epochs 12] [--seeds 10]
-[--sampler-seeds 5] [--trials 40] [--methods full,median,asha,top1epoch,schedule_aware,tree] [--json OUT]``. The table:
+[--sampler-seeds 5] [--trials 40] [--methods full,median,asha,top1epoch,tree] [--json OUT]``. The table:
 ``--table PATH``, or the one under ``bench/tables`` built for that workload, params, space (``--space`` a grid
 JSON file, ``tree_table.Grid``) and epochs with at least ``--seeds`` seeds; none: it is built there first
 (``--workers`` processes).
@@ -89,14 +89,12 @@ from phasetune.workers.early_stopping import (
     EarlyStopper,
     EarlyStopping,
     Policy,
-    ProbeSchedule,
 )
 from phasetune.workers.tree import TreeOptions, TreePolicy, leaf_rungs
 from phasetune.workers.workloads import workloads
 
-METHODS = ("full", "median", "asha", "top1epoch", "schedule_aware", "tree")
-POLICIES = {"full": Policy.NONE, "median": Policy.MEDIAN, "asha": Policy.ASHA,
-            "schedule_aware": Policy.SCHEDULE_AWARE}
+METHODS = ("full", "median", "asha", "top1epoch", "tree")
+POLICIES = {"full": Policy.NONE, "median": Policy.MEDIAN, "asha": Policy.ASHA}
 NAIVE = ("median", "asha")
 TOP_SHARE = 0.05
 RESAMPLES = 1000
@@ -114,11 +112,10 @@ CURVE_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0)  # budget shares the printed regret c
 
 @dataclass
 class SeedGrid:
-    """One data seed: each configuration's live histories (without probes, and with schedule_aware's) and finals."""
+    """One data seed: each configuration's live history (without probes) and final."""
 
     seed: int
     histories: list[list[dict[str, Any]]]
-    probed: list[list[dict[str, Any]]]
     finals: np.ndarray  # signed (higher is better); a diverged configuration: the seed's worst finite final
     diverged: np.ndarray  # bool per configuration
     target: float  # signed top-5% level
@@ -150,8 +147,6 @@ def seed_grid(table: Mapping[str, Any], seed: int, metric: str, sign: float) -> 
     entry, epochs = table["seeds"][str(seed)], int(table["meta"]["epochs"])
     n = len(entry["leaves"])
     histories = [tree_table.trial_history(entry, c) for c in range(n)]
-    probed = [tree_table.trial_history(entry, c, probes=ProbeSchedule(EarlyStopping(Policy.SCHEDULE_AWARE), epochs))
-              for c in range(n)]
     values = [completed_value(h, epochs, metric) for h in histories]
     finite = [sign * v for v in values if v is not None]
     if not finite:
@@ -159,7 +154,7 @@ def seed_grid(table: Mapping[str, Any], seed: int, metric: str, sign: float) -> 
     finals = np.array([sign * v if v is not None else min(finite) for v in values])
     ordered = np.sort(finals)[::-1]
     target = float(ordered[max(1, math.ceil(TOP_SHARE * n)) - 1])
-    return SeedGrid(seed, histories, probed, finals, np.array([v is None for v in values]), target,
+    return SeedGrid(seed, histories, finals, np.array([v is None for v in values]), target,
                     float(ordered[0]), float(np.median(finals)), entry)
 
 
@@ -201,11 +196,11 @@ def stream(n: int, seed: int, sampler_seed: int) -> Iterator[int]:
 
 
 def run_policy(method: str, grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
-    """``full``, ``median``, ``asha``, ``schedule_aware``: trials one after another through the service's stopper."""
+    """``full``, ``median``, ``asha``: trials one after another through the service's stopper."""
     config = EarlyStopping(POLICIES[method])
     stopper = EarlyStopper(config, sim.epochs, sim.metric, sim.sign > 0)
     run = Run(grid.seed, sampler_seed)
-    source = grid.probed if config.policy is Policy.SCHEDULE_AWARE else grid.histories
+    source = grid.histories
     configs = stream(len(grid.finals), grid.seed, sampler_seed)
     while run.spent < sim.budget - 1e-9:
         c = next(configs)

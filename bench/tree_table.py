@@ -3,18 +3,16 @@ through the real training loop, checkpoint store and resume, so that search meth
 
 The space is a tree. A **trunk** is one phase-1 setting (an lr on a grid in units of the seed's ``lr_crit``, no
 momentum) trained to the latest transition candidate, with the cooldown probe (``workers/cooldown.py``, the share
-``PROBE_FRACTION`` of the steps done, as ``schedule_aware`` runs it) after each transition candidate's epochs and
-each of ``schedule_aware``'s rungs before the last candidate (``trunk_probe_epochs``), and a checkpoint in a
-``workers.checkpoints.CheckpointStore`` at the end of each transition candidate's last epoch, under the key
-``prefix_key`` gives that prefix (the key branching uses: a leaf finds it only if its own plan's prefix coincides).
-A **leaf** (a configuration: a trunk, a transition epoch t, a phase-2 setting) resumes from its trunk's checkpoint at
-t and trains to the last epoch with the ``ProbeSchedule`` ``schedule_aware`` would give it (fast-forwarded through
-the trunk's epochs), so the table holds exactly what a live trial of that configuration reports, epoch by epoch:
-the trunk's epochs before t, then the leaf's (``trial_history``). Resuming is exact (bit-identical on CPU, which
-``tests/test_bench_tree.py`` checks against the same schedule from scratch) and a probe changes nothing it probes.
-A trunk that diverges before t leaves its leaves at t without epochs of their own: a live trial of them would
-diverge in the same epoch. Every trial of a seed uses that seed for data, initial weights and batch order (the
-study's default seed policy), so a table seed is a study seed.
+``PROBE_FRACTION`` of the steps done, the tree's default) after every epoch up to the latest candidate
+(``trunk_probe_epochs``), and a checkpoint in a ``workers.checkpoints.CheckpointStore`` at the end of each
+transition candidate's last epoch, under the key ``prefix_key`` gives that prefix (a leaf finds it only if its own
+plan's prefix coincides). A **leaf** (a configuration: a trunk, a transition epoch t, a phase-2 setting) resumes
+from its trunk's checkpoint at t and trains to the last epoch, so the table holds exactly what a live trial of that
+configuration reports, epoch by epoch: the trunk's epochs before t, then the leaf's (``trial_history``). Resuming is
+exact (bit-identical on CPU, which ``tests/test_bench_tree.py`` checks against the same schedule from scratch) and a
+probe changes nothing it probes. A trunk that diverges before t leaves its leaves at t without epochs of their own:
+a live trial of them would diverge in the same epoch. Every trial of a seed uses that seed for data, initial weights
+and batch order (the study's default seed policy), so a table seed is a study seed.
 
 The table is one gzip'd JSON per workload (``bench/tables/<name>.json.gz``): ``meta`` (workload, params, space,
 epochs, seeds, the commit it was built at and whether the tree was dirty, the seconds each seed took, the command
@@ -51,14 +49,16 @@ import torch
 from phasetune.search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.checkpoints import CheckpointStore, prefix_key
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX, LARGE_STEP, EarlyStopping, Policy, ProbeSchedule
+from phasetune.workers.early_stopping import COOLDOWN_PREFIX
+from phasetune.workers.results import LARGE_STEP
 from phasetune.workers.seeding import SeedPolicy, trial_seeds
-from phasetune.workers.train import Checkpoint, train
+from phasetune.workers.train import Checkpoint, Probes, train
+from phasetune.workers.tree import FixedProbes, TreeOptions
 from phasetune.workers.workloads import build_workload, steps_per_epoch, workloads
 from phasetune.workers.workloads.cache import WorkloadCache
 
 FORMAT = "phasetune-tree-table/1"
-PROBE_FRACTION = EarlyStopping(Policy.SCHEDULE_AWARE).cooldown_fraction  # schedule_aware's probe, at every epoch
+PROBE_FRACTION = TreeOptions().cooldown_fraction  # the tree's probe (= schedule_aware's, which built the tables)
 STORE_BYTES = 1 << 40  # the tabulator's store keeps every checkpoint it wrote (a temporary directory)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,31 +154,10 @@ class Setup:
     steps_per_epoch: int
 
 
-def trunk_probe_epochs(grid: Grid, epochs: int) -> frozenset[int]:
-    """After how many epochs a trunk is probed: at every transition candidate (the prefix decisions, and P4) and
-    at ``schedule_aware``'s rungs before the last one (where a live trial of its leaves probes)."""
-    rungs = EarlyStopping(Policy.SCHEDULE_AWARE).rungs(epochs)
-    return frozenset(grid.transitions) | {r for r in rungs if r <= grid.transitions[-1]}
-
-
-class TrunkProbes(ProbeSchedule):
-    """A trunk's probes: schedule_aware's cooldown probe after each of ``at`` epochs completed."""
-
-    def __init__(self, epochs: int, at: frozenset[int]) -> None:
-        super().__init__(EarlyStopping(Policy.SCHEDULE_AWARE), epochs)
-        self.at = at
-
-    def due(self, completed: int, large_step: bool) -> bool:
-        return completed in self.at
-
-
-def leaf_probes(epochs: int, trunk_history: Sequence[Mapping[str, Any]], transition: int) -> ProbeSchedule:
-    """The ``ProbeSchedule`` a live ``schedule_aware`` trial of the leaf has after its trunk's first ``transition``
-    epochs (its state follows the large-step flags it saw)."""
-    probes = ProbeSchedule(EarlyStopping(Policy.SCHEDULE_AWARE), epochs)
-    for result in trunk_history[:transition]:
-        probes.due(int(result["epoch"]) + 1, bool(result[LARGE_STEP]))
-    return probes
+def trunk_probe_epochs(grid: Grid) -> frozenset[int]:
+    """After how many epochs a trunk is probed: every epoch up to the latest transition candidate (the prefix
+    decisions read those at the candidates, P4 compares them with the raw values)."""
+    return frozenset(range(1, grid.transitions[-1] + 1))
 
 
 def _plan(setup: Setup, config: tuple[int, int, int], units: Mapping[str, float]) -> Plan:
@@ -209,7 +188,7 @@ def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
 
             workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to("cpu")
             history = train(workload, plan, setup.epochs, order_seed=seeds.batch_order,
-                            probes=TrunkProbes(setup.epochs, trunk_probe_epochs(grid, setup.epochs)),
+                            probes=FixedProbes(trunk_probe_epochs(grid), PROBE_FRACTION),
                             checkpoint_at=set(ends),
                             on_checkpoint=save, on_epoch=lambda r: int(r["epoch"]) >= grid.transitions[-1])
             history = history[:grid.transitions[-1]]  # the one epoch past the last checkpoint is phase 2's
@@ -227,18 +206,17 @@ def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
                     raise RuntimeError(f"seed {seed}: no trunk checkpoint for leaf {leaf} (prefix keys differ)")
                 workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to("cpu")
                 leaf["history"] = train(workload, plan, setup.epochs, order_seed=seeds.batch_order,
-                                        probes=leaf_probes(setup.epochs, history, t),
                                         resume=stored.checkpoint)[t:]
     return {"units": units, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
             "trunks": trunks, "leaves": leaves}
 
 
 def trial_history(seed_table: Mapping[str, Any], config_index: int, *,
-                  probes: ProbeSchedule | None = None) -> list[dict[str, Any]]:
+                  probes: Probes | None = None) -> list[dict[str, Any]]:
     """What a live trial of configuration ``config_index`` (``Grid.configs`` order) reports, epoch by epoch.
 
-    Without ``probes``, no cooldown metrics (a policy that does not probe). With ``probes`` (a fresh
-    ``ProbeSchedule`` of the live trial's policy), the cooldown metrics exactly at the epochs it would probe."""
+    Without ``probes``, no cooldown metrics (a trial that does not probe). With ``probes`` (a fresh schedule of
+    the live trial's probes), the cooldown metrics exactly at the epochs it would probe."""
     leaf = seed_table["leaves"][config_index]
     trunk = seed_table["trunks"][leaf["trunk"]]["history"][:leaf["transition_epoch"]]
     history = [dict(r) for r in trunk] + [dict(r) for r in leaf["history"]]

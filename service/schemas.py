@@ -20,9 +20,7 @@ from phasetune.search_spaces.probes import CurvatureOptions, LRRangeOptions
 from phasetune.service.auth import Scope
 from phasetune.service.db import TOKEN_NAME_MAX
 from phasetune.service.openapi import SCHEDULE_FIELD
-from phasetune.workers.branching import BOUNDS as BRANCHING_BOUNDS
-from phasetune.workers.branching import Branching
-from phasetune.workers.early_stopping import BOUNDS, EarlyStopping, Policy
+from phasetune.workers.early_stopping import BOUNDS, RETIRED, EarlyStopping, Policy
 from phasetune.workers.probe_names import ProbeKind, ProbeStatus
 from phasetune.workers.seeding import SEED_MAX, SeedPolicy, SeedScope
 from phasetune.workers.spec import (
@@ -107,9 +105,9 @@ class SeedPolicyIn(RequestModel):
 
 
 class EarlyStoppingIn(RequestModel):
-    """Which trials stop before their last epoch. Each policy takes only its own options (unset: the default):
-    ``median`` grace_period, min_peers; ``asha`` those and reduction_factor; ``schedule_aware`` those and
-    cooldown_fraction, divergence_factor. See docs/search.md, "Early stopping"."""
+    """Which trials of a plain study stop before their last epoch, on raw values (the baselines users know; a tree
+    study takes its own decisions). Each policy takes only its own options (unset: the default): ``median``
+    grace_period, min_peers; ``asha`` those and reduction_factor. See docs/search.md, "Early stopping"."""
     policy: Policy = EarlyStopping.policy
     grace_period: int | None = _option("grace_period", f"epochs before the first decision "
                                                        f"(default {EarlyStopping.grace_period})")
@@ -118,24 +116,13 @@ class EarlyStoppingIn(RequestModel):
     reduction_factor: float | None = _option("reduction_factor", f"rungs at grace_period * rf**k epochs; the top "
                                                                  f"1/rf go on (default "
                                                                  f"{EarlyStopping.reduction_factor:g})")
-    cooldown_fraction: float | None = _option("cooldown_fraction", f"the cooldown probe's span as a share of the "
-                                                                   f"steps done (default "
-                                                                   f"{EarlyStopping.cooldown_fraction:g})")
-    divergence_factor: float | None = _option("divergence_factor", f"a training loss this many times the first "
-                                                                   f"step's stops the trial (default "
-                                                                   f"{EarlyStopping.divergence_factor:g})")
 
-
-class BranchingIn(RequestModel):
-    """Trials that share a schedule prefix share its training: a child resumes from the checkpoint its parent left
-    at a phase boundary. See docs/search.md, "Branching"."""
-    enabled: bool = Branching.enabled
-    child_fraction: float = Field(Branching.child_fraction, **_within(BRANCHING_BOUNDS["child_fraction"]),
-                                  description="the share of trials after the sampler's start-up that are children")
-    top_k: int = Field(Branching.top_k, **_within(BRANCHING_BOUNDS["top_k"]),
-                       description="a child's parent is one of the best top_k completed trials")
-    max_bytes: int = Field(Branching.max_bytes, **_within(BRANCHING_BOUNDS["max_bytes"]),
-                           description="the checkpoint store's cap; the least recently used checkpoints go first")
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _retired(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in RETIRED:
+            raise PydanticCustomError("retired", RETIRED[value])
+        return value
 
 
 def _tree_option(name: str, description: str) -> Any:
@@ -183,8 +170,9 @@ class StudyCreate(RequestModel):
                                              description="the study ends this long after it began running; its "
                                                          "running trials end PRUNED")
     early_stopping: EarlyStoppingIn = Field(default_factory=EarlyStoppingIn)
-    branching: BranchingIn = Field(default_factory=BranchingIn)
     strategy: StrategyIn = Field(default_factory=StrategyIn)
+    branching: dict[str, Any] | None = Field(None, description="retired: the schedule tree (strategy) replaced it; a "
+                                                               "spec that enables it is a 422", deprecated=True)
 
 
 class TrialOut(BaseModel):
@@ -208,7 +196,7 @@ class StudyOut(BaseModel):
     best_trial: TrialOut | None
     error: str | None = None
     waiting_for: str | None = Field(None, description="what a study waiting_for_resources waits for")
-    checkpoints: dict[str, int] | None = Field(None, description="a branching study's checkpoint store: checkpoints "
+    checkpoints: dict[str, int] | None = Field(None, description="a tree study's checkpoint store: checkpoints "
                                                                  "and bytes it holds, reuses and reused_epochs")
     tree: dict[str, Any] | None = Field(None, description="a tree study's trunks and their leaves, the prefixes "
                                                            "probed at each candidate, stops by kind, each rung's "

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
                                                     "6379, which Redis often holds)")
     ray_num_cpus: int | None = Field(default=None, description="CPUs the local head offers; unset: all")
     results_dir: str = Field(default=str((DATA_DIR / "ray_results").resolve()),
-                             description="Ray Tune's experiment directory (trial results, branching checkpoints)")
+                             description="Ray Tune's experiment directory (trial results, a tree study's checkpoints)")
     artifacts_dir: str = Field(default=str((DATA_DIR / "artifacts").resolve()),
                                description="trial artifacts (each trial's schedule plot), which the dashboard "
                                            "shows; shared storage in a cluster")

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from phasetune.search_spaces import build_plan
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX, EarlyStopping, Policy, ProbeSchedule
+from phasetune.workers.early_stopping import COOLDOWN_PREFIX
 from phasetune.workers.seeding import Seeds
 from phasetune.workers.train import train
+from phasetune.workers.tree import FixedProbes
 from phasetune.workers.workloads import build_workload
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -39,8 +40,9 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     return path, tree_table.build(setup, range(SEEDS), path)
 
 
-def probes() -> ProbeSchedule:
-    return ProbeSchedule(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS)
+def probes(transition: int) -> FixedProbes:
+    """What a live tree leaf that trains its whole prefix probes: its prefix after every epoch up to its decay."""
+    return FixedProbes(range(1, transition + 1), tree_table.PROBE_FRACTION)
 
 
 def strip(result: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +63,9 @@ def test_a_table_leaf_is_what_the_same_schedule_reports_from_scratch(table):
         for c, config in enumerate(grid.configs()):
             workload = build_workload("digits", {}, Seeds.shared(seed))
             plan = build_plan(grid.schedule(*config, EPOCHS, entry["units"]), EPOCHS, workload.steps_per_epoch)
-            live = train(workload, plan, EPOCHS, order_seed=seed, probes=probes())
-            assert [strip(r) for r in tree_table.trial_history(entry, c, probes=probes())] == \
+            transition = grid.transitions[config[1]]
+            live = train(workload, plan, EPOCHS, order_seed=seed, probes=probes(transition))
+            assert [strip(r) for r in tree_table.trial_history(entry, c, probes=probes(transition))] == \
                 [strip(r) for r in live]  # bit-identical, the live probes included
             plain = tree_table.trial_history(entry, c)
             assert not any(k.startswith(COOLDOWN_PREFIX) for r in plain for k in r)
@@ -87,7 +90,7 @@ def test_the_bench_prints_prechecks_first_and_writes_the_issues_json(table, tmp_
     # 4 configurations: the top 5% is one per seed, met in ~2.5 random trials: no headroom, so no speed-ups.
     assert not written["prechecks"]["P2"]["ok"] and "no speed-ups: pre-check" in printed
     assert all(row["speedup_vs_full"] is None for row in written["summary"].values())
-    assert written["summary"]["full"]["probe_share"] == 0 < written["summary"]["schedule_aware"]["probe_share"]
+    assert written["summary"]["full"]["probe_share"] == 0
     assert document["summary"]["full"]["p_stop_top5"] == 0.0
     # The tree ran on the tiny table: its row, its probes (once per trunk and candidate), its goals line.
     assert 0 < written["summary"]["tree"]["probe_share"] < 1 and written["summary"]["tree"]["trials_per_run"] > 0
@@ -104,7 +107,7 @@ def synthetic(finals: list[float], late: int | None = None) -> tree_sim.SeedGrid
                            "large_step_phase": False} for e, v in enumerate(curve)])
     grid = np.array(finals)
     ordered = np.sort(grid)[::-1]
-    return tree_sim.SeedGrid(0, histories, histories, grid, np.zeros(len(finals), bool),
+    return tree_sim.SeedGrid(0, histories, grid, np.zeros(len(finals), bool),
                              float(ordered[max(1, math.ceil(0.05 * len(finals))) - 1]), float(ordered[0]),
                              float(np.median(grid)))
 

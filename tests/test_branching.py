@@ -1,19 +1,18 @@
-"""Branching (issue 13) without Ray: the spec's switch, the checkpoint grid of a space, which trials are children
-of which prefix (through Optuna's enqueue_trial, as the searcher does), and a trial's use of the store: it resumes
-from the deepest checkpoint of its prefix, ends as it would from scratch, and a missing, corrupt or unwritable
-store makes it train from scratch with the reason recorded, never fail."""
+"""Branching from a stored prefix (what the schedule tree's leaves do) without Ray: the checkpoint grid of a space,
+a trial's prefix params, and a trial's use of the store: it resumes from the deepest checkpoint of its prefix, ends
+as it would from scratch, and a missing, corrupt or unwritable store makes it train from scratch with the reason
+recorded, never fail. The spec's retired ``branching`` switch is refused with what replaced it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from phasetune.search_spaces import SpecError, build_plan, sample_schedule
+from phasetune.search_spaces import SpecError, build_plan
 from phasetune.search_spaces.space import checkpoint_epochs
-from phasetune.workers.branching import Branching, Completed, TrialBranch, phase_count, prefix_params, propose
-from phasetune.workers.optuna_study import sampler_for
+from phasetune.workers.branching import TrialBranch, phase_count, prefix_params
 from phasetune.workers.seeding import Seeds
-from phasetune.workers.spec import SamplerSpec, StudySpec
+from phasetune.workers.spec import StudySpec
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload
 from tests.factories import BRANCHES, small_spec
@@ -22,26 +21,12 @@ SEEDS = Seeds(data=1, init=2, batch_order=3)
 EPOCHS = 5
 
 
-def test_branching_options_are_checked_and_round_trip():
-    assert Branching.parse(None) == Branching() and not Branching().enabled
-    config = Branching.parse({"enabled": True, "child_fraction": 0.25, "top_k": 2, "max_bytes": 1 << 21})
-    assert Branching.parse(config.to_dict()) == config
-    for bad, field in (({"child_fraction": 1.5}, "child_fraction"), ({"top_k": 0}, "top_k"),
-                       ({"top_k": 1.5}, "top_k"), ({"enabled": "yes"}, "enabled"), ({"cap": 1}, "cap")):
-        with pytest.raises(SpecError) as err:
-            Branching.parse(bad)
-        assert err.value.loc == ("branching", field)
-
-
-def test_a_branching_study_needs_phases_and_shared_seeds():
-    spec = StudySpec.parse(small_spec("b", branching={"enabled": True}))
-    assert spec.branching.enabled and StudySpec.parse(spec.to_dict()) == spec
-    for overrides in ({"schedule": {"family": "cosine", "lr": {"low": 0.01, "high": 0.1}}},
-                      {"seed_policy": {"init": "trial"}}):
-        with pytest.raises(SpecError) as err:
-            StudySpec.parse(small_spec("b", branching={"enabled": True}, **overrides))
-        assert err.value.loc == ("branching", "enabled")
-    StudySpec.parse(small_spec("b", schedule={"family": "cosine", "lr": 0.1}))  # off: anything goes
+def test_the_retired_branching_switch_is_refused_with_what_replaced_it():
+    with pytest.raises(SpecError) as err:
+        StudySpec.parse(small_spec("b", branching={"enabled": True}))
+    assert err.value.loc == ("branching",) and '"strategy": {"name": "tree"}' in str(err.value)
+    stored = small_spec("b", branching={"enabled": False, "child_fraction": 0.5, "top_k": 3, "max_bytes": 1 << 30})
+    assert StudySpec.parse(stored) == StudySpec.parse(small_spec("b"))  # an earlier version's stored spec, off
 
 
 def test_checkpoint_epochs_are_the_last_full_epochs_before_each_candidate_boundary():
@@ -64,43 +49,6 @@ def test_prefix_params_are_the_first_phases_and_their_boundaries():
     assert prefix_params(params, 2) == {"schedule": "phases", "phases.phase0.lr": 0.3, "phases.phase1.lr": 0.1,
                                         "phases.transition_epoch0": 2}
     assert prefix_params({"phase0.lr": 0.3, "phase1.lr": 0.1, "transition_epoch0": 2}, 1) == {"phase0.lr": 0.3}
-
-
-def test_children_are_proposed_after_the_startup_from_the_best_completed_trials():
-    completed = [Completed(n, v, {"phase0.lr": 0.1 * n, "phase1.lr": 0.01, "transition_epoch0": 2})
-                 for n, v in enumerate([0.5, 0.9, 0.7, 0.2, 0.8])]
-    config = Branching(enabled=True, child_fraction=1.0, top_k=2)
-    assert propose(completed, 3, config, maximize=True, startup=5, seed=0) is None  # still the random start-up
-    assert propose(completed, 9, Branching(enabled=True, child_fraction=0.0), maximize=True, startup=5,
-                   seed=0) is None
-    parents = {propose(completed, n, config, maximize=True, startup=5, seed=0).parent for n in range(5, 40)}
-    assert parents == {1, 4}  # the two best
-    assert {propose(completed, n, config, maximize=False, startup=5, seed=0).parent for n in range(5, 40)} == {3, 0}
-    child = propose(completed, 7, config, maximize=True, startup=5, seed=0)
-    assert child == propose(completed, 7, config, maximize=True, startup=5, seed=0)  # a restarted driver alike
-    assert child.params == {"phase0.lr": pytest.approx(0.1 * child.parent)} and child.depth == 1
-    shares = [propose(completed, n, Branching(enabled=True), maximize=True, startup=5, seed=0) for n in range(5, 205)]
-    assert 70 < sum(p is not None for p in shares) < 130  # child_fraction 0.5
-
-
-def test_an_enqueued_child_keeps_its_parents_prefix_and_tpe_draws_the_rest():
-    import optuna
-
-    space = small_spec("b")["schedule"]
-    study = optuna.create_study(direction="maximize", sampler=sampler_for(SamplerSpec(n_startup_trials=2), 0))
-    for _ in range(3):
-        trial = study.ask()
-        sample_schedule(trial, space, 4)
-        study.tell(trial, trial.params["phase0.lr"])
-    best = study.best_trial
-    completed = [Completed(t.number, t.value, t.params) for t in study.trials]
-    child = propose(completed, len(study.trials), Branching(enabled=True, child_fraction=1.0, top_k=1),
-                    maximize=True, startup=2, seed=0)
-    study.enqueue_trial(child.params, skip_if_exists=False)
-    trial = study.ask()
-    schedule = sample_schedule(trial, space, 4)
-    assert schedule["phases"][0]["lr"] == best.params["phase0.lr"]
-    assert {"phase1.lr", "phase1.momentum", "transition_epoch0"} <= set(trial.params)
 
 
 def _branch(tmp_path, schedule, trial, parent=None, io_budget=1.0):

@@ -72,8 +72,8 @@ def test_the_spec_page_states_the_published_schema(gen_docs: ModuleType, pages: 
     assert page == gen_docs.spec_page(document)
     study = components["StudyCreate"]["properties"]
     assert f"| `max_concurrent_trials` | integer | [1, {study['max_concurrent_trials']['maximum']:.0f}] | `1` |" in page
-    branching = components["BranchingIn"]["properties"]["child_fraction"]
-    assert f"| `child_fraction` | number | [0, 1] | `{branching['default']}` |" in page
+    grid = components["StrategyIn"]["properties"]["grid"]["anyOf"][0]
+    assert f"| `grid` | integer, null | [{grid['minimum']:.0f}, {grid['maximum']:.0f}] |  |" in page
     for family in (key.split(".", 1)[1] for key in components if key.startswith("Segment.")):
         assert f"\n### {family}\n" in page
     for workload in ("ps10", "digits", "quadratic", "fashion_mnist", "npz", "image_folder"):

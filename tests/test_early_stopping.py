@@ -1,5 +1,6 @@
-"""Early stopping's policies (``workers.early_stopping``) and the cooldown probe (``workers.cooldown``) on real
-training, without Ray: the decisions the service's searcher and the benchmark take."""
+"""Early stopping's policies (``workers.early_stopping``) and the cooldown probe (``workers.cooldown``, which the
+schedule tree judges prefixes by) on real training, without Ray: the decisions the service's searcher and the
+benchmarks take."""
 
 from __future__ import annotations
 
@@ -10,17 +11,12 @@ import torch
 
 from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.plan import build_plan
-from phasetune.workers.early_stopping import (
-    LARGE_STEP,
-    EarlyStopper,
-    EarlyStopping,
-    Policy,
-    ProbeSchedule,
-    TrialRecords,
-)
+from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping, Policy, TrialRecords
 from phasetune.workers.optuna_study import TrialOutcome, trial_end
+from phasetune.workers.results import LARGE_STEP
 from phasetune.workers.seeding import Seeds
 from phasetune.workers.train import train
+from phasetune.workers.tree import FixedProbes
 from phasetune.workers.workloads import build_workload
 from phasetune.workers.workloads.cache import WorkloadCache
 
@@ -49,15 +45,15 @@ SCHEDULES = {
 
 @pytest.fixture(scope="module")
 def curves() -> dict[str, list[dict]]:
-    """Every schedule trained to the end once, probed at schedule_aware's points (a probe changes nothing, see
+    """Every schedule trained to the end once, probed after every epoch (a probe changes nothing, see
     test_a_probe_leaves_training_exactly_as_it_was), so each policy's decisions can be replayed on the results."""
     torch.set_num_threads(1)
-    cache, probed = WorkloadCache(), EarlyStopping(Policy.SCHEDULE_AWARE)
+    cache = WorkloadCache()
     out = {}
     for name, schedule in SCHEDULES.items():
         workload = build_workload("ps10", PS10, Seeds(0, 0, 0), cache=cache)
         plan = build_plan(schedule, EPOCHS, workload.steps_per_epoch)
-        out[name] = train(workload, plan, EPOCHS, probes=ProbeSchedule(probed, EPOCHS))
+        out[name] = train(workload, plan, EPOCHS, probes=FixedProbes(range(1, EPOCHS), 0.15))
     return out
 
 
@@ -77,28 +73,22 @@ def run_policy(config: EarlyStopping, curves: dict[str, list[dict]]) -> dict[str
     return stopped
 
 
-def test_the_naive_policies_prune_the_eventual_best_and_schedule_aware_keeps_it(curves):
+def test_asha_prunes_the_eventual_best_before_its_decay(curves):
+    """Why raw values are the wrong signal for schedules (the schedule tree judges a prefix by its cooldown probe:
+    tests/test_bench_tree.py keeps this best)."""
     finals = {name: results[-1]["val_accuracy"] for name, results in curves.items()}
     assert max(finals, key=finals.get) == "large-late", finals
     # Inside its large-step phase it looks worse than a small-step trial at the same epoch.
     before_decay = curves["large-late"][8]
     assert before_decay[LARGE_STEP] and before_decay["val_accuracy"] < curves["small-cosine"][8]["val_accuracy"]
-
     asha = run_policy(EarlyStopping(Policy.ASHA), curves)
     assert asha["large-late"] is not None and asha["large-late"] < 9, asha  # stopped before its decay at epoch 9
-
-    aware = run_policy(EarlyStopping(Policy.SCHEDULE_AWARE), curves)
-    assert aware["large-late"] is None, aware
-    assert any(epoch is not None for epoch in aware.values()), aware  # it does stop trials, after their decay
-    for name, epoch in aware.items():
-        if epoch is not None:
-            assert not curves[name][epoch][LARGE_STEP], (name, epoch)
 
 
 def test_a_restarted_stopper_takes_the_decisions_the_first_would_have(curves):
     """The rungs rebuilt from the recorded scores (what a restarted driver loads from the storage) decide the
     next trial exactly as the stopper that recorded them."""
-    config = EarlyStopping(Policy.SCHEDULE_AWARE, min_peers=2)
+    config = EarlyStopping(Policy.ASHA, min_peers=2)
     first = EarlyStopper(config, EPOCHS, "val_accuracy", maximize=True)
     records = []
     names = list(curves)
@@ -119,48 +109,18 @@ def test_a_restarted_stopper_takes_the_decisions_the_first_would_have(curves):
         assert restarted.decide(last, result) == first.decide(last, result)
 
 
-def test_autodecay_is_not_judged_before_its_first_decay_and_its_own_end_is_complete(curves):
-    """AutoDecay's phase before its first decay is a large-step phase: probed and recorded, never judged; after
-    the decay it is judged like any trial, and where AutoDecay ends the trial itself that is its last epoch."""
+def test_where_autodecay_ends_a_trial_itself_that_is_its_last_epoch_not_a_prune():
     torch.set_num_threads(1)
-    stopper = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True)
-    for number, results in enumerate(curves.values()):  # the peers
-        for result in results:
-            decision, _ = stopper.decide(number, result)
-            if decision is not None and decision.stop:
-                break
-        stopper.finish(number, completed=decision is None or not decision.stop)
-    ends = []
-    for number, tolerance in enumerate((0.05, 0.2), start=len(curves)):
-        workload = build_workload("ps10", PS10, Seeds(0, 0, 0))
-        schedule = {"family": "autodecay", "lr": 0.3, "beta": 0.0, "window": 2, "tolerance": tolerance, "gamma": 0.1}
-        plan = build_plan(schedule, EPOCHS, workload.steps_per_epoch)
-        history = train(workload, plan, EPOCHS, probes=ProbeSchedule(stopper.config, EPOCHS))
-        decisions = [stopper.decide(number, result) for result in history]
-        (decay,) = plan.extra_attrs()["autodecay_decay_epochs"][:1]
-        assert [r[LARGE_STEP] for r in history] == [r["epoch"] < decay for r in history]
-        inside = [(d, attrs) for (d, attrs), r in zip(decisions, history, strict=True) if r[LARGE_STEP] and d]
-        assert inside and all(not d.stop and "large-step" in d.reason and attrs for d, attrs in inside)
-        ends.append((history[-1], plan.extra_attrs()["autodecay_stopped_epoch"]))
-    (late, late_stop), (early, early_stop) = ends
-    assert late_stop is None and late["epoch"] == EPOCHS - 1  # decayed at epoch 10: too late to be worth a probe
-    assert early_stop == early["epoch"] < EPOCHS - 1 and early["last_epoch"]  # AutoDecay ended it itself ...
-    end = trial_end(early, lost=False, stop_requested=False, metric="val_accuracy")
+    workload = build_workload("ps10", PS10, Seeds(0, 0, 0))
+    schedule = {"family": "autodecay", "lr": 0.3, "beta": 0.0, "window": 2, "tolerance": 0.2, "gamma": 0.1}
+    plan = build_plan(schedule, EPOCHS, workload.steps_per_epoch)
+    history = train(workload, plan, EPOCHS)
+    (decay,) = plan.extra_attrs()["autodecay_decay_epochs"][:1]
+    assert [r[LARGE_STEP] for r in history] == [r["epoch"] < decay for r in history]  # before its first decay
+    stopped = plan.extra_attrs()["autodecay_stopped_epoch"]
+    assert stopped == history[-1]["epoch"] < EPOCHS - 1 and history[-1]["last_epoch"]  # AutoDecay ended it itself
+    end = trial_end(history[-1], lost=False, stop_requested=False, metric="val_accuracy")
     assert end.outcome is TrialOutcome.COMPLETE  # ... which is no prune
-
-
-def test_a_diverged_trial_stops_at_once_even_in_its_large_step_phase():
-    stopper = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True)
-    decision, _ = stopper.decide(0, {"epoch": 0, "train_loss": 2.0, "initial_loss": 2.3, LARGE_STEP: True})
-    assert decision is None  # epoch 0: not a probe point, not diverged
-    catapult, _ = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True).decide(
-        2, {"epoch": 0, "train_loss": 40.0, "initial_loss": 2.3, LARGE_STEP: True})
-    assert catapult is None  # the first epoch's loss may spike at large LR (catapult) and come back
-    decision, _ = stopper.decide(0, {"epoch": 1, "train_loss": 40.0, LARGE_STEP: True})
-    assert decision.stop and "diverged" in decision.reason and decision.epoch == 1
-    decision, _ = EarlyStopper(EarlyStopping(Policy.SCHEDULE_AWARE), EPOCHS, "val_accuracy", maximize=True).decide(
-        1, {"epoch": 0, "train_loss": float("nan"), LARGE_STEP: True})
-    assert decision.stop and "diverged" in decision.reason
 
 
 def test_a_probe_leaves_training_exactly_as_it_was():
@@ -168,12 +128,12 @@ def test_a_probe_leaves_training_exactly_as_it_was():
     torch.set_num_threads(1)
     schedule = two_phase(0.3, 4)
     weights = []
-    for probes in (None, ProbeSchedule(EarlyStopping(Policy.SCHEDULE_AWARE), 8)):
+    for probes in (None, FixedProbes({1, 3, 5}, 0.15)):
         workload = build_workload("digits", {}, Seeds(0, 0, 0))
         history = train(workload, build_plan(schedule, 8, workload.steps_per_epoch), 8, probes=probes)
         weights.append(copy.deepcopy(workload.model.state_dict()))
         probed = [m["epoch"] for m in history if "cooldown_val_accuracy" in m]
-    assert probed == [0, 2, 4]  # rungs 1 and 3 (inside phase 1), then the catch-up after its decay at 4
+    assert probed == [0, 2, 4]  # after 1, 3 and 5 epochs: inside phase 1 and after its decay at 4
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
@@ -190,14 +150,6 @@ def test_rungs_and_options():
     assert EarlyStopping(Policy.ASHA, grace_period=2, reduction_factor=2).rungs(10) == (2, 4, 8)
     assert EarlyStopping(Policy.MEDIAN, grace_period=3).rungs(6) == (3, 4, 5)
     assert EarlyStopping().rungs(10) == ()
-    # schedule_aware probes only where a stop saves more than the probe costs: not after 9 of 10 epochs.
-    aware = EarlyStopping(Policy.SCHEDULE_AWARE)
-    assert aware.rungs(10) == (1, 3) and aware.rungs(30) == (1, 3, 9)
-    late = ProbeSchedule(aware, 10)
-    assert late.due(3, large_step=True) and not any(late.due(e, large_step=True) for e in range(4, 9))
-    assert not late.due(9, large_step=False)  # its catch-up would cost 1.35 epochs to save 1
-    early = ProbeSchedule(aware, 10)
-    assert early.due(3, large_step=True) and early.due(5, large_step=False) and not early.due(6, large_step=False)
     config = EarlyStopping.parse({"policy": "asha", "reduction_factor": 2, "grace_period": 2, "min_peers": None})
     assert config == EarlyStopping(Policy.ASHA, grace_period=2, reduction_factor=2.0)
     assert EarlyStopping.parse(config.to_dict()) == config
@@ -205,7 +157,10 @@ def test_rungs_and_options():
     for raw, field in [({"policy": "pbt"}, "policy"), ({"policy": "median", "cooldown_fraction": 0.1},
                                                          "cooldown_fraction"),
                        ({"policy": "asha", "grace_period": 1.5}, "grace_period"),
-                       ({"policy": "schedule_aware", "divergence_factor": 1}, "divergence_factor")]:
+                       ({"policy": "median", "reduction_factor": 2}, "reduction_factor")]:
         with pytest.raises(SpecError) as err:
             EarlyStopping.parse(raw)
         assert err.value.loc == ("early_stopping", field)
+    with pytest.raises(SpecError) as err:  # retired: the schedule tree replaced it
+        EarlyStopping.parse({"policy": "schedule_aware"})
+    assert err.value.loc == ("early_stopping", "policy") and '"strategy": {"name": "tree"}' in str(err.value)

@@ -49,7 +49,6 @@ def test_the_tree_needs_a_phases_space_its_own_stopping_and_shared_seeds():
         ({"schedule": {"family": "phases", "phases": [{"lr": 0.1}, {"lr": 0.01}],
                        "transition_epochs": [{"low": 1.2, "high": 1.8}]}}, ("schedule", "transition_epochs", 0)),
         ({"early_stopping": {"policy": "asha"}}, ("early_stopping", "policy")),
-        ({"branching": {"enabled": True}}, ("branching", "enabled")),
         ({"seed_policy": {"batch_order": "trial"}}, ("seed_policy", "batch_order")),
     ]
     for overrides, loc in cases:

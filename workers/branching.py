@@ -1,75 +1,33 @@
-"""Branching: trials whose schedules share a prefix share its training (issue 13; Hippo, arXiv 2006.11972).
+"""Branching from a stored prefix: one trial's use of the checkpoint store (issue 13; Hippo, arXiv 2006.11972).
 
-Two halves, both here:
-
-- the search's, ``propose``: after the sampler's random start-up, a share of the trials (``child_fraction``) are
-  children: one of the ``top_k`` best completed trials is the parent, its first ``depth`` phases (their settings
-  and the boundaries between them) are fixed in the child, and the sampler (TPE) draws the rest, so that every
-  trial is still one complete configuration to Optuna. The searcher enqueues those params (``enqueue_trial``);
-- the trial's, ``TrialBranch``: the trial resumes from the deepest checkpoint of its own prefix the store holds
-  (whoever wrote it: a child of that trial) and leaves checkpoints at the space's checkpoint epochs
-  (``phasetune.search_spaces.space.checkpoint_epochs``) it trains through. Nothing here can fail a trial: a missing,
-  evicted or corrupt checkpoint means training from scratch, a store that cannot be written means no checkpoint
-  left, and the trial's summary says so.
+The schedule tree's leaves (``workers.tree``) share their trunk's training through it: a trial resumes from the
+deepest checkpoint of its own prefix the store holds (whoever wrote it) and leaves checkpoints at the epochs it is
+given that it trains through. Nothing here can fail a trial: a missing, evicted or corrupt checkpoint means
+training from scratch, a store that cannot be written means no checkpoint left, and the trial's summary says so.
 
 A checkpoint resumes bit-identically on CPU (``workers.train.Checkpoint``), so a branched trial ends as it would
 have trained from scratch; its reused epochs are reported again, marked ``reused``, so its curve is whole.
+(The spec's ``branching`` switch, which made a share of TPE's trials children of its best ones, is retired: the
+tree replaced it.)
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
-from collections.abc import Container, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from phasetune.search_spaces import space
-from phasetune.search_spaces.checks import Interval, Options
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
-from phasetune.workers.seeding import Seeds, stream_seed
+from phasetune.workers.seeding import Seeds
 from phasetune.workers.train import Checkpoint
 
 logger = logging.getLogger(__name__)
 
-BRANCH_OF = "branch_of"  # a trial's user attr, set when it is proposed: the parent the searcher meant
-BOUNDS: dict[str, Interval] = {  # the API's schema states the same (service.schemas)
-    "child_fraction": Interval(0, 1),
-    "top_k": Interval(1, 1000),
-    "max_bytes": Interval(1 << 20, 1 << 50, note="bytes"),
-}
-_PARSER = Options("branching", BOUNDS, integers=frozenset({"top_k", "max_bytes"}), flags=frozenset({"enabled"}))
 IO_BUDGET = 0.02  # a trial's checkpoint I/O stays within about this share of its time (one checkpoint over, at most)
-
-
-@dataclass(frozen=True)
-class Branching:
-    """The spec's ``branching``. Off by default: a trial then neither reads nor writes checkpoints."""
-
-    enabled: bool = False
-    child_fraction: float = 0.5  # the share of trials after the sampler's start-up that are children
-    top_k: int = 3  # a child's parent is one of the best top_k completed trials
-    max_bytes: int = 1 << 30  # the store's cap: beyond it, the least recently used checkpoints go
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None) -> Branching:
-        """From the spec's JSON (None: off); SpecError naming ``branching.<field>``."""
-        return cls(**_PARSER.parse(raw or {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A child: the params it shares with its parent (the sampler draws the rest)."""
-
-    parent: int
-    depth: int  # phases fixed
-    params: dict[str, Any]
 
 
 def phase_count(params: Mapping[str, Any]) -> int:
@@ -90,34 +48,6 @@ def prefix_params(params: Mapping[str, Any], depth: int) -> dict[str, Any]:
         return False
 
     return {name: value for name, value in params.items() if in_prefix(name)}
-
-
-class Completed(NamedTuple):
-    """A completed trial, as ``propose`` reads it (the searcher's view of Optuna's; this module stays Optuna-free:
-    the trainable imports it)."""
-
-    number: int
-    value: float
-    params: Mapping[str, Any]
-
-
-def propose(completed: Sequence[Completed], number: int, config: Branching, *, maximize: bool,
-            startup: int, seed: int) -> Proposal | None:
-    """Whether trial ``number`` is a child, and of which prefix: drawn from the study seed's stream for that
-    number (a restarted driver proposes alike), from the ``top_k`` best ``completed`` trials of two or more
-    phases."""
-    if not config.enabled or number < startup:
-        return None
-    rng = random.Random(stream_seed(seed, f"branch:{number}"))
-    if rng.random() >= config.child_fraction:
-        return None
-    done = [t for t in completed if math.isfinite(t.value) and phase_count(t.params) >= 2]
-    if not done:
-        return None
-    ranked = sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))[:config.top_k]
-    parent = rng.choice(ranked)
-    depth = rng.randint(1, phase_count(parent.params) - 1)
-    return Proposal(parent.number, depth, prefix_params(parent.params, depth))
 
 
 @dataclass
@@ -141,7 +71,8 @@ class TrialBranch:
     @classmethod
     def open(cls, config: Mapping[str, Any], workload: str, params: Mapping[str, Any], seeds: Seeds, plan: Plan,
              trial: int) -> TrialBranch:
-        """From the trial config's ``branching`` (``{root, max_bytes, epochs, parent}``, optionally ``io_budget``)."""
+        """From the trial config's ``branching`` (``{root, max_bytes, epochs, parent}``, optionally ``io_budget``).
+        Only checkpoints before the last phase begins: a prefix into it is shared by no other leaf."""
         started = time.perf_counter()
         branch = cls(None, {}, trial, expected_parent=config.get("parent"),
                      io_budget=float(config.get("io_budget", IO_BUDGET)))
@@ -149,8 +80,6 @@ class TrialBranch:
             branch.store = CheckpointStore(config["root"], int(config["max_bytes"]))
         except OSError as err:
             branch.problems.append(f"no checkpoint store at {config['root']}: {err}")
-        # Only before the last phase begins: a prefix into the last phase is shared by no child (its every param
-        # would be its parent's).
         last_start = plan.phases[-1].start_step
         epochs = [int(e) for e in config.get("epochs", ()) if (int(e) + 1) * plan.steps_per_epoch <= last_start]
         keys = prefix_keys(workload, params, seeds, plan, epochs)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # private too: what get_all_studies returns, with no public p
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, or_, orm
 
-from phasetune.workers import branching, study_attrs
+from phasetune.workers import study_attrs
 from phasetune.workers.results import LAST_EPOCH, TRIAL_ERROR, past_time_limit
 from phasetune.workers.spec import SamplerName, SamplerSpec, StudySpec
 
@@ -266,16 +266,3 @@ def user_attrs_with_prefix(storage: optuna.storages.RDBStorage, study_id: int,
         session.close()
     return [(number, state if isinstance(state, TrialState) else TrialState(state), key, json.loads(value))
             for number, state, key, value in rows]
-
-
-def enqueue_child(study: optuna.Study, config: branching.Branching, *, maximize: bool, startup: int,
-                  seed: int) -> branching.Proposal | None:
-    """Make the study's next trial a child of a promising prefix when ``branching.propose`` says so: the params it
-    shares with its parent fixed (``enqueue_trial``, its parent in ``branch_of``), the sampler draws the rest."""
-    trials = study.get_trials(deepcopy=False)
-    completed = [branching.Completed(t.number, t.value, t.params) for t in trials
-                 if t.state is TrialState.COMPLETE and t.value is not None]
-    proposal = branching.propose(completed, len(trials), config, maximize=maximize, startup=startup, seed=seed)
-    if proposal is not None:
-        study.enqueue_trial(proposal.params, user_attrs={branching.BRANCH_OF: proposal.parent}, skip_if_exists=False)
-    return proposal

@@ -22,9 +22,9 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from phasetune.search_spaces import SpecError, build_plan, sample_schedule, space
+from phasetune.search_spaces import SpecError, build_plan, sample_schedule
 from phasetune.search_spaces.plot import upload_schedule_png
-from phasetune.workers import branching, early_stopping, optuna_study, results, study_attrs
+from phasetune.workers import early_stopping, optuna_study, results, study_attrs
 from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
 from phasetune.workers.early_stopping import Decision, EarlyStopper, TrialRecords
 from phasetune.workers.epoch_log import EpochLog
@@ -54,7 +54,7 @@ class OptunaStudySearcher(Searcher):
         self._last: dict[str, dict[str, Any]] = {}  # each running trial's last epoch result
         self._stops: dict[str, Decision] = {}  # trials early stopping has stopped, until they end
         self._cooldown: dict[str, dict[str, float]] = {}  # each running trial's cooldown-probe cost so far
-        self._checkpoint_root = checkpoint_root  # the study's checkpoint store, when it branches
+        self._checkpoint_root = checkpoint_root  # the study's checkpoint store (a tree study's trunks)
         self._leaves: dict[str, Leaf] = {}  # a tree study's running leaves
         self._tree_stops: dict[str, TreeDecision] = {}  # leaves the tree has stopped, until they end
 
@@ -119,19 +119,8 @@ class OptunaStudySearcher(Searcher):
         return self._spec.n_trials - self._finished_at_start - self._ended - len(self._trials)
 
     @cached_property
-    def _branching(self) -> dict[str, Any] | None:
-        """What every trial's config says of the checkpoint store (None: the study does not branch)."""
-        config = self._spec.branching
-        if not config.enabled or self._checkpoint_root is None:
-            return None
-        return {"root": self._checkpoint_root, "max_bytes": config.max_bytes,
-                "epochs": list(space.checkpoint_epochs(self._spec.schedule, self._spec.epochs))}
-
-    @cached_property
     def _store(self) -> CheckpointStore | None:
-        """The study's checkpoint store (branching's, or the tree's trunks'), to report what it holds."""
-        if self._branching is not None:
-            return CheckpointStore(self._branching["root"], self._branching["max_bytes"])
+        """A tree study's checkpoint store (its trunks' checkpoints), to report what it holds."""
         tree = self._spec.strategy.tree
         if tree is not None and self._checkpoint_root is not None:
             return CheckpointStore(self._checkpoint_root, tree.max_bytes)
@@ -171,10 +160,6 @@ class OptunaStudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while not self._handle.ending and self.remaining() > 0:
-            if self._branching is not None:  # the next trial may be a child of a promising prefix
-                optuna_study.enqueue_child(self._study, self._spec.branching,
-                                           maximize=self._spec.objective.direction is Direction.MAXIMIZE,
-                                           startup=self._spec.sampler.n_startup_trials, seed=self._spec.sampler_seed)
             trial = self._study.ask()
             tree = self._spec.strategy.tree
             sampled = trial if tree is None else GriddedTrial(trial, len(self._spec.schedule["phases"]), tree.grid)
@@ -223,9 +208,7 @@ class OptunaStudySearcher(Searcher):
                 "epochs": [r - 1 for r in sorted(leaf.prefixes)], "parent": None}
             probe_at = leaf.probe_at(self._tree.policy)
             return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule, branch, probe_at)}
-        branch = None if self._branching is None else {
-            **self._branching, "parent": trial.user_attrs.get(branching.BRANCH_OF)}
-        return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule, branch)}
+        return {TRIAL_CONFIG: self._spec.trial_config(trial.number, schedule)}
 
     def should_stop(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Early stopping's decision on the trial's epoch ``result`` (Tune's stopper asks, before

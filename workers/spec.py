@@ -17,9 +17,7 @@ from typing import Any
 from phasetune.search_spaces import SpecError, presets, validate_schedule
 from phasetune.search_spaces.errors import RuleError
 from phasetune.search_spaces.jsonsafe import json_safe
-from phasetune.search_spaces.space import checkpoint_epochs
-from phasetune.workers.branching import Branching
-from phasetune.workers.early_stopping import EarlyStopping, Policy, ProbeSchedule
+from phasetune.workers.early_stopping import EarlyStopping, Policy
 from phasetune.workers.seeding import SeedPolicy, Seeds, SeedScope, trial_seeds
 from phasetune.workers.tree import FixedProbes, Strategy, StrategyName, check_space
 from phasetune.workers.workloads import resolve_runtime, workload_steps
@@ -85,7 +83,6 @@ class StudySpec:
     trial_time_limit_s: float | None = None  # a trial still training after this long ends PRUNED (checked per epoch)
     study_time_limit_s: float | None = None  # the study ends (completed) this long after it began running
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # none: every trial to its last epoch
-    branching: Branching = field(default_factory=Branching)  # off: every trial trains from epoch 0
     strategy: Strategy = field(default_factory=Strategy)  # plain: the sampler's trials; tree: workers.tree
 
     @classmethod
@@ -114,12 +111,10 @@ class StudySpec:
         sampler = raw.get("sampler") or {}
         policy = raw.get("seed_policy") or {}
         seed_policy = _build(SeedPolicy, policy, init=SeedScope, batch_order=SeedScope)
-        branching = Branching.parse(raw.get("branching"))
-        if branching.enabled:
-            _check_branching(raw["schedule"], epochs, seed_policy)
+        _check_retired_branching(raw.get("branching"))
         strategy = Strategy.parse(raw.get("strategy"))
         if strategy.name is StrategyName.TREE:
-            _check_tree(raw["schedule"], epochs, seed_policy, early_stopping, branching)
+            _check_tree(raw["schedule"], epochs, seed_policy, early_stopping)
         return cls(
             name=raw["name"],
             workload=WorkloadRef(workload.name, params),
@@ -137,7 +132,6 @@ class StudySpec:
             trial_time_limit_s=_optional_float(raw.get("trial_time_limit_s")),
             study_time_limit_s=_optional_float(raw.get("study_time_limit_s")),
             early_stopping=early_stopping,
-            branching=branching,
             strategy=strategy,
         )
 
@@ -153,7 +147,6 @@ class StudySpec:
         out: dict[str, Any] = json_safe(asdict(self))
         out.pop("steps_per_epoch")
         out["early_stopping"] = self.early_stopping.to_dict()  # the policy's own options only
-        out["branching"] = self.branching.to_dict()
         out["strategy"] = self.strategy.to_dict()
         return out
 
@@ -166,13 +159,13 @@ class StudySpec:
         return trial_seeds(self.seed, self.seed_policy, trial_number)
 
     def trial_config(self, number: int, schedule: Mapping[str, Any], branching: Mapping[str, Any] | None = None,
-                     probe_at: tuple[int, ...] | None = None) -> TrialConfig:
+                     probe_at: tuple[int, ...] = ()) -> TrialConfig:
         """What trial ``number`` trains: this study's workload, epochs and seeds, and its own concrete schedule."""
         fraction = self.strategy.tree.cooldown_fraction if self.strategy.tree is not None else 0.0
         return TrialConfig(number=number, schedule=schedule, workload=self.workload, epochs=self.epochs,
                            seeds=self.trial_seeds(number), metric=self.objective.metric, data_root=self.data_root,
-                           cpus=self.resources_per_trial.cpu, early_stopping=self.early_stopping, branching=branching,
-                           probe_at=probe_at, probe_fraction=fraction)
+                           cpus=self.resources_per_trial.cpu, branching=branching, probe_at=probe_at,
+                           probe_fraction=fraction)
 
 
 @dataclass(frozen=True)
@@ -191,44 +184,35 @@ class TrialConfig:
     metric: str  # the objective: an error result carries it too (Tune refuses a result without it)
     data_root: str | None
     cpus: float
-    early_stopping: EarlyStopping  # which epochs the trial probes
     branching: Mapping[str, Any] | None = None  # the checkpoint store: {root, max_bytes, epochs, parent}; None: none
-    probe_at: tuple[int, ...] | None = None  # the tree's: cooldown probes after these epoch counts (None: none)
+    probe_at: tuple[int, ...] = ()  # the tree's cooldown probes: after these epoch counts
     probe_fraction: float = 0.0
 
-    def probes(self) -> ProbeSchedule | FixedProbes:
-        """After which epochs the trial runs a cooldown probe: the tree's, or its early stopping's."""
-        if self.probe_at is not None:
-            return FixedProbes(self.probe_at, self.probe_fraction)
-        return ProbeSchedule(self.early_stopping, self.epochs)
+    def probes(self) -> FixedProbes | None:
+        """After which epochs the trial runs a cooldown probe (a tree's leaf probes the prefixes nobody has)."""
+        return FixedProbes(self.probe_at, self.probe_fraction) if self.probe_at else None
 
 
 TRIAL_CONFIG = "trial"  # the key of the ``TrialConfig`` in the config Tune hands the trainable
 
 
-def _check_branching(schedule: Mapping[str, Any], epochs: int, seed_policy: SeedPolicy) -> None:
-    """Branching shares a phase prefix between trials: the space needs phases, and trials the same seeds."""
-    if not checkpoint_epochs(schedule, epochs):
-        raise RuleError(("branching", "enabled"), "branching shares the training of a phase prefix: the schedule "
-                                                  "space needs a phases schedule (or the regimes preset) with a "
-                                                  f"transition epoch below epochs - 1 ({epochs - 1})")
-    per_trial = [name for name in ("init", "batch_order") if getattr(seed_policy, name) is SeedScope.TRIAL]
-    if per_trial:
-        raise RuleError(("branching", "enabled"), f"trials with their own seeds ({', '.join(per_trial)}: "
-                                                  "'trial' in seed_policy) share no prefix: set them to 'study' or "
-                                                  "branching off")
+def _check_retired_branching(raw: Any) -> None:
+    """The spec's ``branching`` is retired (the tree shares prefixes): a spec that turns it on is refused; a stored
+    spec of an earlier version, which holds it switched off, still parses."""
+    if raw is None or (isinstance(raw, Mapping) and not raw.get("enabled")):
+        return
+    raise RuleError(("branching",), 'retired: the schedule tree replaced it ("strategy": {"name": "tree"}: every '
+                                    'shared prefix trained once, leaves resumed from its checkpoints; docs/search.md)')
 
 
-def _check_tree(schedule: Mapping[str, Any], epochs: int, seed_policy: SeedPolicy, early_stopping: EarlyStopping,
-                branching: Branching) -> None:
-    """The tree takes every stopping decision and shares prefixes itself: a phases space, study-wide seeds, and
-    neither early stopping nor branching beside it."""
+def _check_tree(schedule: Mapping[str, Any], epochs: int, seed_policy: SeedPolicy,
+                early_stopping: EarlyStopping) -> None:
+    """The tree takes every stopping decision and shares prefixes itself: a phases space, study-wide seeds, and no
+    early stopping beside it."""
     check_space(schedule, epochs)
     if early_stopping.policy is not Policy.NONE:
         raise RuleError(("early_stopping", "policy"), "the tree strategy takes its own stopping decisions (prefix "
                                                       "probes, leaf rungs, its gate): leave early_stopping 'none'")
-    if branching.enabled:
-        raise RuleError(("branching", "enabled"), "the tree strategy shares prefixes itself: leave branching off")
     per_trial = [name for name in ("init", "batch_order") if getattr(seed_policy, name) is SeedScope.TRIAL]
     if per_trial:
         raise RuleError(("seed_policy", per_trial[0]), "trials with their own seeds share no prefix: the tree "

@@ -19,8 +19,8 @@ import torch
 from phasetune.search_spaces.phased import PhasedOptimizer, realised_momentum
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.cooldown import cooldown_probe
-from phasetune.workers.early_stopping import INITIAL_LOSS, LARGE_STEP
-from phasetune.workers.results import LAST_EPOCH
+from phasetune.workers.early_stopping import INITIAL_LOSS
+from phasetune.workers.results import LARGE_STEP, LAST_EPOCH
 from phasetune.workers.seeding import batch_order, stream_seed
 from phasetune.workers.workloads import Workload
 
@@ -28,7 +28,7 @@ EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training h
 
 
 class Probes(Protocol):
-    """When to run a cooldown probe: early stopping's ``ProbeSchedule`` or the tree's ``FixedProbes``."""
+    """When to run a cooldown probe (the tree's ``FixedProbes``)."""
 
     fraction: float
 

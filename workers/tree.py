@@ -25,7 +25,7 @@ Defaults, from first principles and not fitted to any benchmark: ``reduction_fac
 the service's ASHA defaults; ``gate_threshold`` 0.5 is the rank agreement the bench's P4 asks of a signal;
 ``gate_min_pairs`` 10 because below ~10 pairs a Spearman's sampling SD under no association (1/sqrt(n-1) = 0.33)
 is too wide to tell 0.5 from 0; ``grid`` 6 log-spaced values per shared setting (the issue's 6-8);
-``cooldown_fraction`` schedule_aware's probe.
+``cooldown_fraction`` 0.15, the probe the tables were built with.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class TreeOptions:
     min_peers: int = 4
     gate_threshold: float = 0.5
     gate_min_pairs: int = 10
-    cooldown_fraction: float = EarlyStopping.cooldown_fraction
+    cooldown_fraction: float = 0.15  # the probe's span, a share of the steps done (what schedule_aware used)
     max_bytes: int = 1 << 30  # the checkpoint store's cap (trunks' checkpoints)
 
     def __post_init__(self) -> None:
@@ -179,7 +179,7 @@ def prefix_rungs(schedule_space: Mapping[str, Any], epochs: int, transition: int
 
 class FixedProbes:
     """The trainable's probe schedule under the tree: a cooldown probe after exactly the epochs counts given (the
-    prefixes this leaf trains first), as ``phasetune.workers.train`` asks of ``ProbeSchedule``."""
+    prefixes this leaf trains first), as ``phasetune.workers.train.Probes`` says."""
 
     def __init__(self, completed: Iterable[int], fraction: float) -> None:
         self._at, self.fraction = frozenset(completed), fraction
@@ -301,12 +301,10 @@ class TreePolicy:
         return self._judge(f"leaf:{key}", signal, list(at.values()), f"leaf {trial}")
 
     def diverged(self, result: Mapping[str, Any], metric: str) -> TreeDecision | None:
-        """A stop, ungated, where the result is non-finite or training ended before the last epoch (the trainer
-        stops a diverged run); None otherwise."""
+        """A stop, ungated, where the result's training loss or metric is missing or non-finite; None otherwise. (A
+        run that ends early with finite values is not diverged: an AutoDecay last phase ends its trial itself.)"""
         values = {k: result.get(k) for k in ("train_loss", metric)}
         bad = [f"{k} {v}" for k, v in values.items() if v is None or not math.isfinite(v)]
-        if result.get("last_epoch") and int(result["epoch"]) < self.epochs - 1:
-            bad.append(f"training ended after epoch {result['epoch']}")
         if not bad:
             return None
         decision = TreeDecision(True, "diverged", None, f"diverged: {', '.join(bad)}")

@@ -122,7 +122,7 @@ def run_study(handle: StudyHandle, results_dir: str) -> StudyStatus:
         # Ranges in units of the model's own LRs: probe once, before the first trial.
         units = probing.ensure_units(study, spec)
         space.check_expandable(spec.schedule, spec.epochs, units)  # a preset with no regime to search fails here
-        # Checkpoints for branching beside Tune's results (in the compose cluster the results volume every node
+        # A tree study's checkpoints beside Tune's results (in the compose cluster the results volume every node
         # mounts), one directory per study.
         checkpoints = str(Path(results_dir).resolve() / CHECKPOINT_DIR / handle.study_name)
         searcher = OptunaStudySearcher(handle, units=units, checkpoint_root=checkpoints)

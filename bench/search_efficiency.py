@@ -125,9 +125,9 @@ from phasetune.search_spaces import SpecError, build_plan, sample_schedule, vali
 from phasetune.search_spaces.space import check_expandable
 from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping
 from phasetune.workers.optuna_study import TrialOutcome, sampler_for, trial_end
-from phasetune.workers.results import LAST_EPOCH
 from phasetune.workers.seeding import SeedPolicy, batch_order, stream_seed, trial_seeds
 from phasetune.workers.spec import SamplerSpec
+from phasetune.workers.study_attrs import LAST_EPOCH
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload, steps_per_epoch, workloads
 from phasetune.workers.workloads.cache import WorkloadCache

@@ -83,13 +83,8 @@ from scipy.stats import spearmanr
 from search_efficiency import jsonable, ok, percentile, top1_sizes
 
 from phasetune.search_spaces import SpecError
-from phasetune.workers.early_stopping import (
-    COOLDOWN_PREFIX,
-    COOLDOWN_STEPS,
-    EarlyStopper,
-    EarlyStopping,
-    Policy,
-)
+from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping, Policy
+from phasetune.workers.study_attrs import COOLDOWN_PREFIX, COOLDOWN_STEPS
 from phasetune.workers.tree import TreeOptions, TreePolicy, leaf_rungs
 from phasetune.workers.workloads import workloads
 

@@ -49,9 +49,8 @@ import torch
 from phasetune.search_spaces import SpecError, build_plan, sample_schedule, validate_schedule
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.checkpoints import CheckpointStore, prefix_key
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX
-from phasetune.workers.results import LARGE_STEP
 from phasetune.workers.seeding import SeedPolicy, trial_seeds
+from phasetune.workers.study_attrs import COOLDOWN_PREFIX, LARGE_STEP
 from phasetune.workers.train import Checkpoint, Probes, train
 from phasetune.workers.tree import FixedProbes, TreeOptions
 from phasetune.workers.workloads import build_workload, steps_per_epoch, workloads

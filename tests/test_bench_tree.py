@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from phasetune.search_spaces import build_plan
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX
 from phasetune.workers.seeding import Seeds
+from phasetune.workers.study_attrs import COOLDOWN_PREFIX
 from phasetune.workers.train import train
 from phasetune.workers.tree import FixedProbes
 from phasetune.workers.workloads import build_workload

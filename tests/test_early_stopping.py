@@ -13,8 +13,8 @@ from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.plan import build_plan
 from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping, Policy, TrialRecords
 from phasetune.workers.optuna_study import TrialOutcome, trial_end
-from phasetune.workers.results import LARGE_STEP
 from phasetune.workers.seeding import Seeds
+from phasetune.workers.study_attrs import LARGE_STEP
 from phasetune.workers.train import train
 from phasetune.workers.tree import FixedProbes
 from phasetune.workers.workloads import build_workload

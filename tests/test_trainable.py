@@ -7,9 +7,9 @@ from ray import tune
 
 from phasetune.workers.early_stopping import EarlyStopping
 from phasetune.workers.optuna_study import trial_end
-from phasetune.workers.results import TRIAL_ERROR
 from phasetune.workers.seeding import Seeds
 from phasetune.workers.spec import TRIAL_CONFIG, TrialConfig, WorkloadRef
+from phasetune.workers.study_attrs import TRIAL_ERROR
 from phasetune.workers.trainable import run_trial
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ import pytest
 from phasetune.search_spaces import SpecError
 from phasetune.service.db import migrate
 from phasetune.workers import epoch_log, study_attrs
-from phasetune.workers.early_stopping import COOLDOWN_ATTR
 from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import sweep_stale_trials
 from phasetune.workers.searcher import OptunaStudySearcher
 from phasetune.workers.spec import StudySpec
+from phasetune.workers.study_attrs import COOLDOWN_ATTR
 from phasetune.workers.trainable import train_trial
 from phasetune.workers.tree import GriddedTrial, Strategy, StrategyName, TreeOptions, grid_values
 from tests.factories import TREE_EPOCHS, drive, small_spec, tree_spec

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from phasetune.search_spaces.phased import PhasedOptimizer, apply_to_optimizer
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX, COOLDOWN_SECONDS, COOLDOWN_STEPS
 from phasetune.workers.seeding import batch_order, stream_seed
+from phasetune.workers.study_attrs import COOLDOWN_PREFIX, COOLDOWN_SECONDS, COOLDOWN_STEPS
 from phasetune.workers.workloads import Workload
 
 

@@ -33,15 +33,7 @@ import numpy as np
 from phasetune.search_spaces import SpecError
 from phasetune.search_spaces.checks import Interval, Options
 from phasetune.search_spaces.errors import RuleError
-
-RUNG_ATTR = "early_stopping:"  # + the epochs completed: the score recorded there (a trial user attr)
-DECISION_ATTR = "early_stopping"  # why a trial stopped: {policy, pruned_at_epoch, score, reason, ...}
-PRUNED_AT_EPOCH = "pruned_at_epoch"  # the 0-based index of a stopped trial's last trained epoch
-COOLDOWN_ATTR = "cooldown"  # what a trial's cooldown probes cost: {probes, steps, seconds}
-COOLDOWN_PREFIX = "cooldown_"  # the probe's metrics in an epoch's result: cooldown_val_loss, cooldown_steps, ...
-COOLDOWN_STEPS = COOLDOWN_PREFIX + "steps"  # an epoch's result: the optimizer steps its probe took
-COOLDOWN_SECONDS = COOLDOWN_PREFIX + "seconds"
-INITIAL_LOSS = "initial_loss"  # epoch 0's result: the loss of the first batch before any step
+from phasetune.workers.study_attrs import DECISION_ATTR, PRUNED_AT_EPOCH, RUNG_ATTR
 
 
 class Policy(str, enum.Enum):

@@ -14,12 +14,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from phasetune.workers.study_attrs import REALIZED_LR, REALIZED_MOMENTUM
+from phasetune.workers.study_attrs import METRICS_LEGACY, METRICS_PREFIX, REALIZED_LR, REALIZED_MOMENTUM
 
 EPOCHS_PER_CHUNK = 100
 FLUSH_S = 1.0
-PREFIX = "metrics:"
-LEGACY_KEY = "metrics"  # studies written before the history was chunked: one attr with every epoch
+PREFIX, LEGACY_KEY = METRICS_PREFIX, METRICS_LEGACY  # the chunks' attr names (owned by study_attrs)
 
 
 def chunk_key(index: int) -> str:

@@ -27,8 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, or_, orm
 
 from phasetune.workers import study_attrs
-from phasetune.workers.results import LAST_EPOCH, TRIAL_ERROR, past_time_limit
 from phasetune.workers.spec import SamplerName, SamplerSpec, StudySpec
+from phasetune.workers.study_attrs import LAST_EPOCH, TIME_TOTAL_S, TRIAL_ERROR
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -89,6 +89,11 @@ class TrialEnd:
     outcome: TrialOutcome
     value: float | None = None
     reason: str | None = None  # why it failed or was cut short (the trial's FAIL_REASON attr)
+
+
+def past_time_limit(result: Mapping[str, Any] | None, limit_s: float | None) -> bool:
+    """The trial has run ``limit_s`` seconds or more (the spec's ``trial_time_limit_s``; None: no limit)."""
+    return limit_s is not None and result is not None and result.get(TIME_TOTAL_S, 0.0) >= limit_s
 
 
 def trial_end(result: Mapping[str, Any] | None, *, lost: bool, stop_requested: bool, metric: str,

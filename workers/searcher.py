@@ -24,15 +24,15 @@ from ray.tune.search import Searcher
 
 from phasetune.search_spaces import SpecError, build_plan, sample_schedule
 from phasetune.search_spaces.plot import upload_schedule_png
-from phasetune.workers import early_stopping, optuna_study, results, study_attrs
+from phasetune.workers import early_stopping, optuna_study, study_attrs
 from phasetune.workers.checkpoints import CheckpointStore, prefix_keys
 from phasetune.workers.early_stopping import Decision, EarlyStopper, TrialRecords
 from phasetune.workers.epoch_log import EpochLog
 from phasetune.workers.handle import StudyHandle
 from phasetune.workers.optuna_study import TrialEnd, TrialOutcome
 from phasetune.workers.spec import TRIAL_CONFIG, Direction, StudySpec
-from phasetune.workers.study_attrs import EndedBy
-from phasetune.workers.tree import TREE_ATTR, GriddedTrial, Leaf, TreeDecision, TreeSearch, prefix_rungs, trunk_id
+from phasetune.workers.study_attrs import TREE_ATTR, EndedBy
+from phasetune.workers.tree import GriddedTrial, Leaf, TreeDecision, TreeSearch, prefix_rungs, trunk_id
 from phasetune.workers.workloads import workloads
 
 TrialState = optuna.trial.TrialState
@@ -98,7 +98,7 @@ class OptunaStudySearcher(Searcher):
         scores: dict[int, dict[str, Any]] = {}
         states: dict[int, TrialState] = {}
         for number, state, key, value in optuna_study.user_attrs_with_prefix(
-                self._handle.storage, self._handle.study_id, early_stopping.RUNG_ATTR):
+                self._handle.storage, self._handle.study_id, study_attrs.RUNG_ATTR):
             if state.is_finished():  # a running trial's are the sweeper's: it is failed and rerun
                 scores.setdefault(number, {})[key] = value
                 states[number] = state
@@ -190,9 +190,9 @@ class OptunaStudySearcher(Searcher):
         seeds = self._spec.trial_seeds(trial.number)
         trial.set_user_attr(study_attrs.SCHEDULE, schedule)
         trial.set_user_attr(study_attrs.SEEDS, seeds.as_attrs())
-        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr(study_attrs.RAY_TRIAL_ID, trial_id)
         if self._units:  # params hold unit values, the schedule absolute LRs: keep the scale beside them
-            trial.set_user_attr("lr_units", self._units)
+            trial.set_user_attr(study_attrs.LR_UNITS, self._units)
         if self._handle.artifact_store is not None:
             # Drawn off this thread; attached while the trial runs (a finished trial's attrs cannot change).
             self._plots[trial_id] = self._plotter.submit(
@@ -215,7 +215,7 @@ class OptunaStudySearcher(Searcher):
         ``on_trial_result``); the score it read is recorded in the trial's attrs first, and so is what the trial's
         cooldown probes have cost so far."""
         trial = self._trials.get(trial_id)
-        if trial is None or results.TRIAL_ERROR in result:
+        if trial is None or study_attrs.TRIAL_ERROR in result:
             return False
         if trial_id in self._leaves:
             return self._tree_should_stop(trial_id, trial, result)
@@ -235,7 +235,7 @@ class OptunaStudySearcher(Searcher):
         assert self._tree is not None
         leaf = self._leaves[trial_id]
         before = len(leaf.decisions)
-        decision = self._tree.on_result(leaf, result, reused=bool(result.get(results.REUSED)))
+        decision = self._tree.on_result(leaf, result, reused=bool(result.get(study_attrs.REUSED)))
         self._save_tree()
         attrs = self._probe_cost(trial_id, result)
         if len(leaf.decisions) > before:
@@ -250,38 +250,38 @@ class OptunaStudySearcher(Searcher):
     def _probe_cost(self, trial_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """What the trial's cooldown probes have cost so far, as an attr, when this result carries one."""
         attrs: dict[str, Any] = {}
-        if early_stopping.COOLDOWN_STEPS in result and not result.get(results.REUSED):  # (its parent paid that)
+        if study_attrs.COOLDOWN_STEPS in result and not result.get(study_attrs.REUSED):  # (its parent paid that)
             cost = self._cooldown.setdefault(trial_id, {"probes": 0, "steps": 0, "seconds": 0.0})
             cost["probes"] += 1
-            cost["steps"] += int(result[early_stopping.COOLDOWN_STEPS])
-            cost["seconds"] += float(result.get(early_stopping.COOLDOWN_SECONDS, 0.0))
-            attrs[early_stopping.COOLDOWN_ATTR] = dict(cost)
+            cost["steps"] += int(result[study_attrs.COOLDOWN_STEPS])
+            cost["seconds"] += float(result.get(study_attrs.COOLDOWN_SECONDS, 0.0))
+            attrs[study_attrs.COOLDOWN_ATTR] = dict(cost)
         return attrs
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Constant work per epoch: the objective as the epoch's intermediate value, the epoch's record into its
         chunk of the history (``epoch_log``); what is written once goes at the trial's first or last epoch."""
         trial = self._trials[trial_id]
-        if results.TRIAL_ERROR in result:
+        if study_attrs.TRIAL_ERROR in result:
             return  # not an epoch: the trial's error, which on_trial_complete records
-        epoch, done = int(result["epoch"]), bool(result.get(results.LAST_EPOCH))
+        epoch, done = int(result["epoch"]), bool(result.get(study_attrs.LAST_EPOCH))
         log = self._logs[trial_id]
         log.add({k: v for k, v in result.items()
-                 if k in self._epoch_keys or k.startswith(early_stopping.COOLDOWN_PREFIX)})
+                 if k in self._epoch_keys or k.startswith(study_attrs.COOLDOWN_PREFIX)})
         self._last[trial_id] = result
         value = result.get(self._spec.objective.metric)
         if value is not None and math.isfinite(value):
             optuna_study.set_intermediate_value(self._study, trial, epoch, float(value))
         attrs: dict[str, Any] = log.due(final=done or epoch == 0)
         if epoch == 0:  # where the trial runs changes only when Tune retries it, and a retry restarts at epoch 0
-            attrs.update({key: result.get(key) for key in ("ray_node_id", "ray_node_ip", "device", "workload_origin")})
-            if result.get(results.WORKER):
-                attrs[results.WORKER] = json.loads(result[results.WORKER])
+            attrs.update({key: result.get(key) for key in study_attrs.PLACEMENT_KEYS})
+            if result.get(study_attrs.WORKER):
+                attrs[study_attrs.WORKER] = json.loads(result[study_attrs.WORKER])
         if done:
-            attrs.update({**log.realised(), **json.loads(result.get(results.SCHEDULE_ATTRS) or "{}")})
+            attrs.update({**log.realised(), **json.loads(result.get(study_attrs.SCHEDULE_ATTRS) or "{}")})
             final = {k: v for k, v in result.items() if k in self._final_keys}
             if final:  # the test split's metrics, reported once with the last epoch
-                attrs["test_metrics"] = final
+                attrs[study_attrs.TEST_METRICS] = final
         for key, attr in attrs.items():
             trial.set_user_attr(key, attr)
 
@@ -321,8 +321,8 @@ class OptunaStudySearcher(Searcher):
         trial = self._trials.pop(trial_id)
         self._ended += 1
         last = self._last.pop(trial_id, None)
-        if last is not None and last.get(results.BRANCH):
-            self._record_branch(trial, json.loads(last[results.BRANCH]))
+        if last is not None and last.get(study_attrs.BRANCH):
+            self._record_branch(trial, json.loads(last[study_attrs.BRANCH]))
         self._stops.pop(trial_id, None)
         self._tree_stops.pop(trial_id, None)
         self._cooldown.pop(trial_id, None)
@@ -347,7 +347,7 @@ class OptunaStudySearcher(Searcher):
 
     def _record_branch(self, trial: optuna.Trial, branch: dict[str, Any]) -> None:
         """The trial's use of the store in its attrs; the study's (what the store holds, reuses) in the study's."""
-        trial.set_user_attr(results.BRANCH, branch)
+        trial.set_user_attr(study_attrs.BRANCH, branch)
         if branch.get("parent") is not None:
             self._store_use["reuses"] += 1
             self._store_use["reused_epochs"] += int(branch.get("reused_epochs") or 0)
@@ -358,7 +358,7 @@ class OptunaStudySearcher(Searcher):
         if plot is not None and plot.exception() is not None:  # waits for it; a missing one loses no result
             err = plot.exception()
             logger.warning("schedule plot of trial %d failed: %s", trial.number, err)
-            trial.set_user_attr("schedule_plot_error", f"{type(err).__name__}: {err}")
+            trial.set_user_attr(study_attrs.SCHEDULE_PLOT_ERROR, f"{type(err).__name__}: {err}")
         optuna_study.tell(self._study, trial, end)
 
     def close(self) -> None:

@@ -19,9 +19,8 @@ import torch
 from phasetune.search_spaces.phased import PhasedOptimizer, realised_momentum
 from phasetune.search_spaces.plan import Plan
 from phasetune.workers.cooldown import cooldown_probe
-from phasetune.workers.early_stopping import INITIAL_LOSS
-from phasetune.workers.results import LARGE_STEP, LAST_EPOCH
 from phasetune.workers.seeding import batch_order, stream_seed
+from phasetune.workers.study_attrs import INITIAL_LOSS, LARGE_STEP, LAST_EPOCH
 from phasetune.workers.workloads import Workload
 
 EpochCallback = Callable[[dict[str, Any]], bool | None]  # True: stop training here (an early stop)

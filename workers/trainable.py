@@ -22,8 +22,8 @@ from ray import tune
 from phasetune.search_spaces.phased import Diverged
 from phasetune.search_spaces.plan import build_plan
 from phasetune.workers.branching import TrialBranch
-from phasetune.workers.results import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
 from phasetune.workers.spec import TRIAL_CONFIG, TrialConfig
+from phasetune.workers.study_attrs import BRANCH, LAST_EPOCH, REUSED, SCHEDULE_ATTRS, TRIAL_ERROR, WORKER
 from phasetune.workers.train import train
 from phasetune.workers.workloads import build_workload, registered
 from phasetune.workers.workloads.cache import PROCESS_CACHE

@@ -45,9 +45,8 @@ from phasetune.search_spaces.checks import Interval, Options
 from phasetune.search_spaces.errors import RuleError
 from phasetune.search_spaces.params import TrialLike
 from phasetune.workers.branching import phase_count, prefix_params
-from phasetune.workers.early_stopping import COOLDOWN_PREFIX, EarlyStopping, Policy
-
-TREE_ATTR = "tree"  # a leaf's trial user attr: its trunk, transition, rungs and every decision taken on it
+from phasetune.workers.early_stopping import EarlyStopping, Policy
+from phasetune.workers.study_attrs import COOLDOWN_PREFIX
 
 
 class StrategyName(str, enum.Enum):

@@ -18,7 +18,7 @@ from ray import tune
 from phasetune.search_spaces import space
 from phasetune.workers import optuna_study, probing, study_attrs
 from phasetune.workers.handle import StudyHandle
-from phasetune.workers.results import past_time_limit
+from phasetune.workers.optuna_study import past_time_limit
 from phasetune.workers.searcher import OptunaStudySearcher
 from phasetune.workers.spec import Resources
 from phasetune.workers.study_attrs import EndedBy, StudyStatus

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from phasetune.workers.early_stopping import EarlyStopping
 from phasetune.workers.optuna_study import trial_end
 from phasetune.workers.seeding import Seeds
 from phasetune.workers.spec import TRIAL_CONFIG, TrialConfig, WorkloadRef
@@ -19,7 +18,7 @@ def test_a_deterministic_error_is_reported_not_retried(ray_client, tmp_path):
     # Valid at submission for no workload: the warmup is longer than the run, so building the plan raises.
     config = TrialConfig(number=0, schedule={"family": "cosine", "lr": 0.1, "warmup": {"epochs": 5}},
                          workload=WorkloadRef("quadratic", {}), epochs=2, seeds=Seeds(0, 0, 0), metric="val_loss",
-                         data_root=None, cpus=1, early_stopping=EarlyStopping())
+                         data_root=None, cpus=1)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": 1}),
         param_space={TRIAL_CONFIG: config},

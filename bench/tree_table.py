@@ -151,6 +151,7 @@ class Setup:
     grid: Grid
     epochs: int
     steps_per_epoch: int
+    device: str = "cpu"  # "cuda": a GPU's tables (not bit-identical to the CPU's, so recorded in the meta)
 
 
 def trunk_probe_epochs(grid: Grid) -> frozenset[int]:
@@ -171,7 +172,7 @@ def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     started, cpu = time.perf_counter(), time.process_time()
     units = run_probes({"name": setup.workload, "params": dict(setup.params)}, seed, kinds=[ProbeKind.CURVATURE],
-                       device="cpu")["units"]
+                       device=setup.device)["units"]
     grid, seeds, cache = setup.grid, trial_seeds(seed, SeedPolicy(), 0), WorkloadCache()
     ends = [t - 1 for t in grid.transitions]  # 0-based epochs whose end is a transition candidate
     trunks: list[dict[str, Any]] = []
@@ -185,7 +186,7 @@ def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
             def save(checkpoint: Checkpoint, keys: dict[int, str | None] = keys) -> None:
                 store.put(str(keys[checkpoint.epoch]), checkpoint)
 
-            workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to("cpu")
+            workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to(setup.device)
             history = train(workload, plan, setup.epochs, order_seed=seeds.batch_order,
                             probes=FixedProbes(trunk_probe_epochs(grid), PROBE_FRACTION),
                             checkpoint_at=set(ends),
@@ -203,7 +204,7 @@ def tabulate_seed(setup: Setup, seed: int) -> dict[str, Any]:
                 stored = store.get(str(prefix_key(setup.workload, setup.params, seeds, plan, t - 1)))
                 if stored is None:
                     raise RuntimeError(f"seed {seed}: no trunk checkpoint for leaf {leaf} (prefix keys differ)")
-                workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to("cpu")
+                workload = build_workload(setup.workload, dict(setup.params), seeds, cache=cache).to(setup.device)
                 leaf["history"] = train(workload, plan, setup.epochs, order_seed=seeds.batch_order,
                                         resume=stored.checkpoint)[t:]
     return {"units": units, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
@@ -267,10 +268,11 @@ IDENTITY = ("workload", "params", "space", "epochs", "steps_per_epoch", "probe_f
 
 def rebuild_command(setup: Setup, seeds: Sequence[int], out: str | Path, workers: int) -> str:
     first = ["--first-seed", str(min(seeds))] if min(seeds) else []
+    device = ["--device", setup.device] if setup.device != "cpu" else []
     return shlex.join([".venv/bin/python", "bench/tree_table.py", "--workload", setup.workload, "--params",
                        json.dumps(dict(setup.params)), "--space-json", json.dumps(asdict(setup.grid)), "--epochs",
-                       str(setup.epochs), "--seeds", str(len(seeds)), *first, "--workers", str(workers), "--out",
-                       str(out)])
+                       str(setup.epochs), "--seeds", str(len(seeds)), *first, "--workers", str(workers), *device,
+                       "--out", str(out)])
 
 
 def build(setup: Setup, seeds: Sequence[int], out: str | Path, workers: int = 1, log: Any = None) -> dict[str, Any]:
@@ -279,7 +281,8 @@ def build(setup: Setup, seeds: Sequence[int], out: str | Path, workers: int = 1,
     started = time.perf_counter()
     meta = {"workload": setup.workload, "params": dict(setup.params), "space": asdict(setup.grid),
             "epochs": setup.epochs, "steps_per_epoch": setup.steps_per_epoch, "probe_fraction": PROBE_FRACTION,
-            **commit(), "command": rebuild_command(setup, seeds, out, workers), "workers": workers,
+            "device": setup.device, **commit(), "command": rebuild_command(setup, seeds, out, workers),
+            "workers": workers,
             "torch": torch.__version__, "optuna": optuna.__version__, "cpus": os.cpu_count(),
             "machine": platform.machine()}
     done: dict[int, dict[str, Any]] = {}
@@ -333,14 +336,14 @@ def merge(paths: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     return load(out)
 
 
-def make_setup(workload: str, params: Mapping[str, Any], grid: Grid, epochs: int) -> Setup:
+def make_setup(workload: str, params: Mapping[str, Any], grid: Grid, epochs: int, device: str = "cpu") -> Setup:
     """Checked: the workload exists and every configuration is a valid schedule for it (SpecError/ValueError)."""
     if workload not in workloads():
         raise ValueError(f"unknown workload {workload!r}; installed: {sorted(workloads())}")
     spe = steps_per_epoch(workload, dict(params))
     for config in grid.configs():
         validate_schedule(grid.space(*config), epochs, spe)
-    return Setup(workload, dict(params), grid, epochs, spe)
+    return Setup(workload, dict(params), grid, epochs, spe, device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -356,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--merge", nargs="+", metavar="TABLE", help="merge these tables into --out, and stop")
     parser.add_argument("--workers", type=int, default=1, help="processes (seeds run in parallel)")
     parser.add_argument("--out", required=True, help="the table, a .json.gz")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where trunks and leaves train")
     args = parser.parse_args(argv)
     if args.merge:
         try:
@@ -369,7 +373,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         params = json.loads(args.params)
         raw = json.loads(Path(args.space).read_text()) if args.space else json.loads(args.space_json or "{}")
-        setup = make_setup(args.workload, params, Grid.parse(raw, args.epochs), args.epochs)
+        setup = make_setup(args.workload, params, Grid.parse(raw, args.epochs), args.epochs, args.device)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device")
     except (OSError, ValueError, SpecError) as err:
         parser.error(f"--workload / --params / --space: {err}")
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)

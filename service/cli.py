@@ -306,7 +306,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def _study_lines(study: Mapping[str, Any]) -> list[str]:
     """A study in a few lines (``--json`` gives all of it): status, trials, the best trial and its schedule, what
-    it waits on or why it failed, checkpoints, the dashboard."""
+    it waits on or why it failed, checkpoints, a tree study's trunks and stops, the dashboard."""
     counts = study["trial_counts"]
     by_state = ", ".join(f"{state} {n}" for state, n in counts.items()) or "none yet"
     lines = [f"study {study['id']} {study['name']}: {study['status']}",
@@ -323,6 +323,10 @@ def _study_lines(study: Mapping[str, Any]) -> list[str]:
         store = study["checkpoints"]
         lines.append(f"checkpoints: {store.get('checkpoints', 0)} ({store.get('bytes', 0) / 1e6:.1f} MB), "
                      f"{store.get('reuses', 0)} reuses, {store.get('reused_epochs', 0)} epochs reused")
+    if study.get("tree"):
+        tree = study["tree"]
+        stops = ", ".join(f"{kind} {n}" for kind, n in sorted(tree.get("stops", {}).items())) or "none"
+        lines.append(f"tree: {len(tree.get('trunks', {}))} trunks, stops by kind: {stops}")
     if study.get("dashboard_url"):
         lines.append(f"dashboard: {study['dashboard_url']}")
     return lines

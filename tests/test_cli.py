@@ -237,6 +237,18 @@ def test_status_is_a_few_lines_of_text(capsys, storage, api):
                                 'best schedule: {"family": "constant", "lr": 0.1}']
 
 
+def test_status_shows_a_tree_studys_store_and_stops():
+    from phasetune.service.cli import _study_lines
+
+    study = {"id": 3, "name": "t", "status": "completed", "trial_counts": {"COMPLETE": 2, "PRUNED": 1}, "n_trials": 3,
+             "spec": {"n_trials": 3, "objective": {"metric": "val_accuracy"}},
+             "checkpoints": {"checkpoints": 2, "bytes": 1_000_000, "reuses": 1, "reused_epochs": 3},
+             "tree": {"trunks": {"a": [0, 1], "b": [2]}, "stops": {"prefix": 1}}}
+    lines = _study_lines(study)
+    assert lines[-2:] == ["checkpoints: 2 (1.0 MB), 1 reuses, 3 epochs reused",
+                          "tree: 2 trunks, stops by kind: prefix 1"]
+
+
 def test_best_prints_the_trial_or_only_its_schedule(capsys, storage, api):
     study = completed(storage, api, "cli-best")
     code, out, _ = run(capsys, "best", str(study["id"]), "--schedule", "--api", api)

@@ -6,7 +6,9 @@ one that decides from the same state. Over REST with Ray and two workers: tests/
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -144,3 +146,11 @@ def test_a_tree_study_shares_trunks_stops_prefixes_and_leaves_and_a_new_driver_d
     assert len({t.user_attrs["tree"]["trunk"] for t in trials}) <= 3  # a grid of 3: at most 3 trunks
     assert all(a == b or a[0] != b[0] for a, b in itertools.combinations(
         [(t.params["phase0.lr"], t.user_attrs["tree"]["trunk"]) for t in trials], 2))
+
+
+def test_the_example_tree_study_is_the_documented_one_and_parses():
+    root = Path(__file__).resolve().parents[1]
+    example = (root / "examples" / "tree_ps10.json").read_text()
+    assert f"```json\n{example}```" in (root / "docs" / "search.md").read_text()
+    spec = StudySpec.parse(json.loads(example))
+    assert spec.strategy.name is StrategyName.TREE and spec.strategy.tree == TreeOptions()

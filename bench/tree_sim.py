@@ -19,9 +19,10 @@ finite training loss; the incumbent is the best such final value so far.
   run, reused epochs are free, probes are charged. Its goals (issue 23) are printed as met / NOT met, beside a
   reference: an oracle with the tree's sharing that stops, for free, every trial that would not improve the
   incumbent (``run_oracle``).
-- Sampler: random search, the same configuration stream for every method (paired): per (data seed, sampler
-  seed) a random permutation of the grid, then another, and so on. (``branching``, retired by the tree, was left
-  out: it needed TPE's top trials. TPE over the table is not simulated here.)
+- Sampler (``--sampler``): random search, the same configuration stream for every method (paired): per (data seed,
+  sampler seed) a random permutation of the grid, then another, and so on; or ``tpe``, the service's TPE over the
+  grid's axes told each trial's outcome as the live searcher tells Optuna (``TPEStream``: not paired, each method
+  follows its own results; ``top1epoch`` and the oracle need random search's stream).
 
 Metrics. Per data seed, from its own grid (every configuration's final value; a diverged one counts as the
 seed's worst finite final): the **target** is the top-5% quality level (the ``ceil(5% x n)``-th best final), the
@@ -78,12 +79,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import tree_table
 from scipy.stats import spearmanr
 from search_efficiency import jsonable, ok, percentile, top1_sizes
 
 from phasetune.search_spaces import SpecError
 from phasetune.workers.early_stopping import EarlyStopper, EarlyStopping, Policy
+from phasetune.workers.optuna_study import sampler_for
+from phasetune.workers.spec import SamplerName, SamplerSpec
 from phasetune.workers.study_attrs import COOLDOWN_PREFIX, COOLDOWN_STEPS
 from phasetune.workers.tree import TreeOptions, TreePolicy, leaf_rungs
 from phasetune.workers.workloads import workloads
@@ -190,13 +194,60 @@ def stream(n: int, seed: int, sampler_seed: int) -> Iterator[int]:
         yield from (int(c) for c in rng.permutation(n))
 
 
+class TPEStream:
+    """The service's TPE (``optuna_study.sampler_for``: multivariate, its start-up trials) over the grid's three
+    axes as categoricals, told each trial's outcome as the live searcher tells Optuna: a completed trial its signed
+    final, a stopped or cut one PRUNED. Not paired: each method's stream follows that method's own results."""
+
+    def __init__(self, dims: tuple[int, int, int], seed: int, sampler_seed: int) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per run: no line each
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate, group
+        sampler = sampler_for(SamplerSpec(name=SamplerName.TPE), seed * 1000 + sampler_seed)
+        self._study = optuna.create_study(direction="maximize", sampler=sampler)
+        self._dims = dims
+        self._open: optuna.Trial | None = None
+
+    def __iter__(self) -> TPEStream:
+        return self
+
+    def __next__(self) -> int:
+        trunks, transitions, phase2 = self._dims
+        self._open = trial = self._study.ask()
+        i = trial.suggest_categorical("trunk", list(range(trunks)))
+        k = trial.suggest_categorical("transition", list(range(transitions)))
+        p = trial.suggest_categorical("phase2", list(range(phase2)))
+        return (i * transitions + k) * phase2 + p  # tree_table.Grid.configs' order
+
+    def tell(self, signed: float | None) -> None:
+        if self._open is None:
+            return
+        if signed is None:
+            self._study.tell(self._open, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self._study.tell(self._open, signed)
+        self._open = None
+
+
+def configs_for(grid: SeedGrid, sampler_seed: int, sim: Sim) -> Iterator[int]:
+    """The method's configuration stream: random search's paired permutations, or TPE."""
+    if sim.sampler == "tpe":
+        return TPEStream(sim.dims, grid.seed, sampler_seed)
+    return stream(len(grid.finals), grid.seed, sampler_seed)
+
+
+def tell(configs: Iterator[int], signed: float | None) -> None:
+    """The trial's outcome to a stream that learns from it (TPE); random search reads none."""
+    if isinstance(configs, TPEStream):
+        configs.tell(signed)
+
+
 def run_policy(method: str, grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
     """``full``, ``median``, ``asha``: trials one after another through the service's stopper."""
     config = EarlyStopping(POLICIES[method])
     stopper = EarlyStopper(config, sim.epochs, sim.metric, sim.sign > 0)
     run = Run(grid.seed, sampler_seed)
     source = grid.histories
-    configs = stream(len(grid.finals), grid.seed, sampler_seed)
+    configs = configs_for(grid, sampler_seed, sim)
     while run.spent < sim.budget - 1e-9:
         c = next(configs)
         number, run.trials = run.trials, run.trials + 1
@@ -212,6 +263,7 @@ def run_policy(method: str, grid: SeedGrid, sampler_seed: int, sim: Sim) -> Run:
             if stopped or cut or result["last_epoch"]:
                 break
         value = None if stopped or cut else completed_value(source[c], sim.epochs, sim.metric)
+        tell(configs, None if value is None else sim.sign * value)
         stopper.finish(number, completed=value is not None)
         if grid.top[c] and not cut:
             run.seen_top += 1
@@ -279,7 +331,7 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim, configs: Iterator[int]
     grown = [0] * len(trunks)  # epochs each trunk has trained
     probed: set[tuple[int, int]] = set()
     run = Run(grid.seed, sampler_seed, decisions=policy.state.decisions)
-    configs = configs if configs is not None else stream(len(grid.finals), grid.seed, sampler_seed)
+    configs = configs if configs is not None else configs_for(grid, sampler_seed, sim)
     idle = 0  # consecutive trials that spent nothing
 
     def over() -> bool:
@@ -337,6 +389,7 @@ def run_tree(grid: SeedGrid, sampler_seed: int, sim: Sim, configs: Iterator[int]
                 if result["last_epoch"]:
                     break
         value = None if stop or cut else completed_value(history, sim.epochs, sim.metric)
+        tell(configs, None if value is None else sim.sign * value)
         run.outcomes.append(stop)
         if stop:
             run.stops[stop] = run.stops.get(stop, 0) + 1
@@ -386,6 +439,8 @@ class Sim:
     sign: float
     steps_per_epoch: int
     tree: TreeOptions = TreeOptions()  # the tree's options: its defaults on every workload
+    sampler: str = "random"  # or "tpe" (TPEStream)
+    dims: tuple[int, int, int] = (0, 0, 0)  # the grid's axes: phase-1 lrs, transitions, phase-2 settings
 
     @property
     def budget(self) -> int:
@@ -568,6 +623,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", default="val_accuracy")
     parser.add_argument("--table", help="the table to use (built there if missing)")
     parser.add_argument("--workers", type=int, default=2, help="processes, if a table is built")
+    parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
+                        help="random search (paired streams) or the service's TPE (each method its own stream)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -575,6 +632,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown or "full" not in args.methods:
         parser.error(f"--methods: a subset of {','.join(METHODS)} that includes full; unknown: {unknown}")
     args.methods = [m for m in METHODS if m in args.methods]
+    if args.sampler == "tpe" and "top1epoch" in args.methods:
+        parser.error("--methods: top1epoch reads a batch of configurations ahead of any result: random search only")
     if args.epochs < 3 or min(args.seeds, args.sampler_seeds, args.trials, args.workers) < 1:
         parser.error("--epochs must be >= 3; --seeds, --sampler-seeds, --trials, --workers >= 1")
     reported = workloads().get(args.workload)
@@ -617,7 +676,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(seeds) < args.seeds:
         raise SystemExit(f"{path}: {len(seeds)} seeds ({seeds}), fewer than --seeds {args.seeds}; rebuild it with "
                          f"more, or ask for fewer")
-    sim = Sim(args.epochs, args.trials, args.metric, args.sign, int(meta["steps_per_epoch"]))
+    space = tree_table.Grid.parse(meta["space"], args.epochs)
+    sim = Sim(args.epochs, args.trials, args.metric, args.sign, int(meta["steps_per_epoch"]), sampler=args.sampler,
+              dims=(len(space.phase1_lr), len(space.transitions), len(space.phase2)))
     grids = [seed_grid(table, s, args.metric, args.sign) for s in seeds]
     n, trunks = len(grids[0].finals), len(meta["space"]["phase1_lr"])
     print(f"table: {path} ({path.stat().st_size / 1e6:.2f} MB): {meta['workload']} {json.dumps(meta['params'])}, "
@@ -625,7 +686,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"({trunks} trunks); seeds {seeds} of {meta['seeds']}; built at {meta['commit']}"
           f"{' (dirty tree)' if meta['dirty'] else ''} in {meta['seconds']:.0f} s wall with {meta['workers']} "
           f"processes ({sum(meta['seed_seconds'].values()):.0f} s over seeds); rebuild: {meta['command']}")
-    print(f"simulation: random search (a permutation of the grid per pass, the same stream for every method), "
+    sampled = ("random search (a permutation of the grid per pass, the same stream for every method)"
+               if args.sampler == "random" else "the service's TPE (each method's own stream, told its outcomes: not "
+                                                "paired)")
+    print(f"simulation: {sampled}, "
           f"{args.sampler_seeds} sampler seeds x {len(seeds)} data seeds = {args.sampler_seeds * len(seeds)} runs "
           f"per method; budget {args.trials} trials x {args.epochs} epochs = {sim.budget} epochs per run; metric "
           f"{args.metric} ({'max' if args.sign > 0 else 'min'}); methods {','.join(args.methods)}", flush=True)
@@ -708,9 +772,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         tree_runs = runs["tree"]
         stops = {k: sum(r.stops.get(k, 0) for r in tree_runs) / len(tree_runs) for k in ("prefix", "leaf", "diverged")}
         top = {k: sum(r.top_stops.get(k, 0) for r in tree_runs) / len(tree_runs) for k in ("prefix", "leaf")}
-        oracle = np.stack([regret_curve(run_oracle(by_seed[r.seed], r.sampler_seed, sim), by_seed[r.seed], sim.budget)
-                           for r in runs["full"]])
-        oracle_budget = budget_to(np.median(oracle, axis=0), float(np.median(curves["full"][:, -1])))
+        oracle_budget = math.nan  # the oracle reads random search's paired stream
+        if args.sampler == "random":
+            oracle = np.stack([regret_curve(run_oracle(by_seed[r.seed], r.sampler_seed, sim), by_seed[r.seed],
+                                            sim.budget) for r in runs["full"]])
+            oracle_budget = budget_to(np.median(oracle, axis=0), float(np.median(curves["full"][:, -1])))
         first_stop = float(np.median([r.first_stop for r in tree_runs]))
         reference = {"stops_per_run": stops, "top5_stops_per_run": top,
                      "completed_per_run": summary["tree"]["completed_per_run"],
@@ -722,8 +788,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"first gated stop after a median {fmt(first_stop, '.0f')} epochs (the gates' warm-up: no stop before "
               f"{sim.tree.gate_min_pairs} completed leaves agree); reference, not a ceiling on every policy (an "
               f"oracle with the tree's sharing that stops, for free, every trial that would not improve the "
-              f"incumbent): budget to r* {fmt(oracle_budget, '.0f')}, "
-              f"{fmt(reference['oracle_vs_full'], infinite='inf')}x vs full")
+              f"incumbent): " + (f"budget to r* {fmt(oracle_budget, '.0f')}, "
+                                 f"{fmt(reference['oracle_vs_full'], infinite='inf')}x vs full"
+                                 if args.sampler == "random" else "random search only"))
         goals_met = tree_goals(summary, prechecks, naive, ruled_out)
         print("goals (issue 23), the tree with its defaults " + json.dumps(asdict(sim.tree)) + ":")
         for goal in goals_met:

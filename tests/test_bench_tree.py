@@ -98,6 +98,24 @@ def test_the_bench_prints_prechecks_first_and_writes_the_issues_json(table, tmp_
     assert [g["met"] for g in written["tree"]["goals"][:2]] == [None, None]  # P2 failed: ruled out
 
 
+def test_the_bench_runs_the_services_tpe_told_each_outcome(table, capsys):
+    path, _ = table
+    args = ["--workload", "digits", "--epochs", str(EPOCHS), "--seeds", str(SEEDS), "--sampler-seeds", "2",
+            "--trials", "3", "--table", str(path), "--sampler", "tpe"]
+    document = tree_sim.main([*args, "--methods", "full,asha,tree"])
+    assert "the service's TPE" in capsys.readouterr().out and document["settings"]["sampler"] == "tpe"
+    assert set(document["summary"]) == {"full", "asha", "tree"}
+    with pytest.raises(SystemExit):  # top1epoch reads configurations ahead of any result: random search only
+        tree_sim.main([*args, "--methods", "full,top1epoch"])
+    # The stream learns: told that one configuration is the only good one, TPE comes back to it more often.
+    stream = tree_sim.TPEStream((2, 2, 1), 0, 0)
+    drawn = []
+    for _ in range(40):
+        drawn.append(next(stream))
+        stream.tell(1.0 if drawn[-1] == 3 else None)
+    assert drawn[20:].count(3) > drawn[:10].count(3) + 2, drawn
+
+
 def synthetic(finals: list[float], late: int | None = None) -> tree_sim.SeedGrid:
     """A seed whose configuration i rises linearly to finals[i]; ``late`` stays at 0.1 until its last epoch."""
     histories = []

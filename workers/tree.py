@@ -347,9 +347,9 @@ class Leaf:
 
 
 class TreeSearch:
-    """The tree's side of a live study: a ``TreePolicy`` over the state the study's attrs keep, and the leaves
-    running now. The searcher asks it at a trial's start (``admit``), at each of its results (``on_result``) and
-    at its end (``complete``); ``changed`` says the state must be written back."""
+    """The tree's side of a live study: a ``TreePolicy`` over the state the study's attrs keep. The searcher, which
+    tracks its running ``Leaf``s, asks it at a leaf's start (``start``, ``admit``), at each of its results
+    (``on_result``) and at its end (``complete``); ``changed`` says the state must be written back."""
 
     def __init__(self, options: TreeOptions, epochs: int, metric: str, maximize: bool,
                  state: Mapping[str, Any] | None = None) -> None:

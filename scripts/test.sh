@@ -2,7 +2,7 @@
 # The test command: install into .venv (idempotent), then, with no arguments, `ruff check`, mypy, the fast subset
 # (validation, routing, schedules, training, searcher: real SQLite/PostgreSQL, no Ray) and the slow tests
 # (real Ray, `phasetune serve`, real HTTP, the cluster's processes) -- together, the whole suite.
-# With arguments, pytest with them: `bash scripts/test.sh -m "not slow"` runs the fast subset alone.
+# With arguments, pytest with them: `bash scripts/test.sh -m "not slow" -n auto` runs the fast subset alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,7 +17,9 @@ docs_site=$(mktemp -d)
 .venv/bin/mkdocs build --strict --quiet --site-dir "$docs_site"
 rm -rf "$docs_site"
 started=$(date +%s)
-.venv/bin/python -m pytest -m "not slow"
+# The fast subset on every core (pytest-xdist; no Ray, and each test makes its own storage, so its tests share
+# nothing); the slow tests in one process, as they share the session's one Ray head.
+.venv/bin/python -m pytest -m "not slow" -n auto --dist worksteal
 echo "fast subset: $(( $(date +%s) - started )) s"
 .venv/bin/python -m pytest -m slow --durations=10
 echo "whole suite: $(( $(date +%s) - started )) s"

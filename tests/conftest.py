@@ -248,3 +248,9 @@ def served_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker per core, at most 8 (each imports torch and opens its own storages; more buy little
+    for a suite of about a thousand short tests)."""
+    return min(8, os.cpu_count() or 1)

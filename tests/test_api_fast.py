@@ -501,20 +501,19 @@ def test_the_api_docs_render_from_the_apps_own_assets(client, page):
 
 def test_a_study_deleted_with_the_dashboard_is_gone_from_the_api(client, storage, tmp_path):
     """The dashboard's trash icon calls DELETE /api/studies/{id} on the same storage: the API then answers 404 for
-    that study (500 before), lists the others, and the name can be used again."""
+    that study (500 before), lists the others, and the name can be used again. The dashboard's own WSGI app serves
+    the DELETE in this process (`optuna-dashboard` runs that app; starting its process would cost seconds here)."""
     import httpx
-
-    from tests.conftest import start_dashboard, stop_group
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
 
     doomed = client.post("/studies", json=small_spec("dashboard-doomed"))
     kept = client.post("/studies", json=small_spec("dashboard-kept"))
     assert doomed.status_code == kept.status_code == 201
-    dashboard, url = start_dashboard(storage, str(tmp_path))
-    try:
-        deleted = httpx.delete(f"{url}/api/studies/{doomed.json()['id']}", timeout=30)
-        assert deleted.status_code in (200, 204), deleted.text
-    finally:
-        stop_group(dashboard)
+    dashboard = optuna_dashboard.wsgi(storage, artifact_store=FileSystemArtifactStore(str(tmp_path)))
+    with httpx.Client(transport=httpx.WSGITransport(app=dashboard), base_url="http://dashboard") as browser:
+        deleted = browser.delete(f"/api/studies/{doomed.json()['id']}")
+    assert deleted.status_code in (200, 204), deleted.text
     gone = doomed.json()["id"]
     assert client.get(f"/studies/{gone}").status_code == 404
     assert client.get(f"/studies/{gone}/trials").status_code == 404

@@ -100,6 +100,7 @@ def test_reclaim_stops_only_the_recorded_process(tmp_path):
             process.wait()
 
 
+@pytest.mark.slow  # runs `phasetune serve`
 def test_serve_refuses_a_dashboard_port_a_stranger_holds(tmp_path):
     """A port held by a process that is no dashboard of ours: `serve` exits saying so (it would otherwise print an
     address that is someone else's), and starts nothing."""

@@ -111,19 +111,37 @@ def head_raylet_alive(settings: Settings) -> bool:
 
 
 def stop_local_head(settings: Settings, timeout: float = 10) -> int:
-    """Stop the local head ``serve`` started on ``settings.ray_port`` (``head_pids``), SIGTERM then SIGKILL after
-    ``timeout``; how many processes it had."""
+    """Stop the local head ``serve`` started on ``settings.ray_port`` (``head_pids``); how many processes it had.
+
+    In the order that lets each part exit at once (measured: 0.2 s, against 10 s for SIGTERM to all at once):
+    the autoscaler's monitor is killed first (it holds nothing, and its SIGTERM handler blocks reporting its own
+    "failure" to drivers), then the raylet gets SIGTERM (it unregisters from a GCS still there, and its workers and
+    agents exit with it), then the rest (GCS, log monitor, dashboard). Each step SIGKILLs what outlives ``timeout``.
+    """
     pids = head_pids(settings)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    monitors = {pid for pid in pids if any(arg.endswith(_AUTOSCALER_MONITOR) for arg in argv_of(pid))}
+    raylets = {pid for pid in pids if argv_of(pid) and Path(argv_of(pid)[0]).name == "raylet"}
+    _terminate(monitors, timeout, signal.SIGKILL)
+    _terminate(raylets, timeout)
+    _terminate(pids - monitors - raylets, timeout)
+    return len(pids)
+
+
+_AUTOSCALER_MONITOR = "autoscaler/_private/monitor.py"
+
+
+def _terminate(pids: set[int], timeout: float, first: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``first`` to ``pids``, then SIGKILL to those still there after ``timeout``; return once all are gone
+    (or after a second ``timeout``)."""
+    for sig in (first, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.05)
         if all(gone(pid) for pid in pids):
-            break
-    return len(pids)
+            return
 
 
 def _pids() -> list[int]:

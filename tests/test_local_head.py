@@ -4,13 +4,14 @@ stops it and nothing else (`ray stop` would kill every Ray on the machine, the t
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from phasetune.service import ray_cluster
+from phasetune.service import children, ray_cluster
 from phasetune.service.settings import Settings
 from tests.conftest import BIN, free_port
 
@@ -44,6 +45,34 @@ def test_the_local_head_keeps_to_itself_and_stop_ray_stops_only_it(ray_address):
                                env={**os.environ, "PHASETUNE_RAY_PORT": str(port)}, timeout=60)
         assert "no local Ray head" in again.stdout
     finally:
+        ray_cluster.stop_local_head(settings)
+
+
+def test_a_head_stops_on_sigterm_but_for_the_autoscalers_monitor(monkeypatch):
+    """In ``stop_local_head``'s order every part of a whole head exits on SIGTERM, without waiting out the timeout
+    for SIGKILL: only the autoscaler's monitor, which outlives SIGTERM, is killed (and first). SIGTERM to all at
+    once left the raylet waiting on the GCS, and the monitor, until the SIGKILL 10 s later."""
+    settings = Settings(ray_port=free_port(), start_dashboard=False)
+    sent: list[tuple[int, signal.Signals]] = []
+    kill = os.kill
+
+    def recorded(pid: int, sig: signal.Signals) -> None:
+        sent.append((pid, sig))
+        kill(pid, sig)
+
+    try:
+        ray_cluster.ensure_local_head(settings)
+        pids = ray_cluster.head_pids(settings)
+        monitors = {pid for pid in pids if any(a.endswith("autoscaler/_private/monitor.py")
+                                                for a in children.argv_of(pid))}
+        assert len(monitors) == 1 and len(pids) >= 4, pids
+        monkeypatch.setattr(ray_cluster.os, "kill", recorded)
+        assert ray_cluster.stop_local_head(settings, timeout=60) == len(pids)
+        assert {pid for pid, _ in sent} == pids and not ray_cluster.head_pids(settings)
+        killed = {pid for pid, sig in sent if sig == signal.SIGKILL}
+        assert killed == monitors and sent[0] == (monitors.pop(), signal.SIGKILL), sent
+    finally:
+        monkeypatch.undo()
         ray_cluster.stop_local_head(settings)
 
 

@@ -30,6 +30,7 @@ from phasetune.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 HEAD_START_S = 120  # `ray start` and its GCS coming up, on a loaded 2-core machine: seconds
+_AUTOSCALER_MONITOR = "autoscaler/_private/monitor.py"  # the head's autoscaler process runs this script
 
 
 def gcs_answers(address: str) -> bool:
@@ -125,9 +126,6 @@ def stop_local_head(settings: Settings, timeout: float = 10) -> int:
     _terminate(raylets, timeout)
     _terminate(pids - monitors - raylets, timeout)
     return len(pids)
-
-
-_AUTOSCALER_MONITOR = "autoscaler/_private/monitor.py"
 
 
 def _terminate(pids: set[int], timeout: float, first: signal.Signals = signal.SIGTERM) -> None:

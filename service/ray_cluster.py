@@ -108,7 +108,12 @@ def head_pids(settings: Settings) -> set[int]:
 
 def head_raylet_alive(settings: Settings) -> bool:
     """Whether the local head on ``settings.ray_port`` has its raylet (a head without one runs nothing)."""
-    return any(Path(argv_of(pid)[0]).name == "raylet" for pid in head_pids(settings) if argv_of(pid))
+    return any(_is_raylet(pid) for pid in head_pids(settings))
+
+
+def _is_raylet(pid: int) -> bool:
+    argv = argv_of(pid)
+    return bool(argv) and Path(argv[0]).name == "raylet"
 
 
 def stop_local_head(settings: Settings, timeout: float = 10) -> int:
@@ -121,7 +126,7 @@ def stop_local_head(settings: Settings, timeout: float = 10) -> int:
     """
     pids = head_pids(settings)
     monitors = {pid for pid in pids if any(arg.endswith(_AUTOSCALER_MONITOR) for arg in argv_of(pid))}
-    raylets = {pid for pid in pids if argv_of(pid) and Path(argv_of(pid)[0]).name == "raylet"}
+    raylets = {pid for pid in pids if _is_raylet(pid)}
     _terminate(monitors, timeout, signal.SIGKILL)
     _terminate(raylets, timeout)
     _terminate(pids - monitors - raylets, timeout)
